@@ -1,0 +1,52 @@
+"""Rossum API client: async, deadline-bound, retry-safe, rate-limited.
+
+Public surface::
+
+    from rossflow.rossum import RossumClient, Timeouts, RetryPolicy, RossumError
+"""
+
+from .client import ClientStats, RossumClient, UploadResult, chunked, id_from_url
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    DeadlineExceededError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitedError,
+    RossumAPIError,
+    RossumError,
+    RossumTransportError,
+    ServerError,
+    TaskFailedError,
+    UncertainOutcomeError,
+)
+from .policy import RetryPolicy, Timeouts
+from .ratelimit import RateLimiter, shared_limiter
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientStats",
+    "ConflictError",
+    "DeadlineExceededError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitedError",
+    "RateLimiter",
+    "RetryPolicy",
+    "RossumAPIError",
+    "RossumClient",
+    "RossumError",
+    "RossumTransportError",
+    "ServerError",
+    "TaskFailedError",
+    "Timeouts",
+    "UncertainOutcomeError",
+    "UploadResult",
+    "chunked",
+    "id_from_url",
+    "shared_limiter",
+]
