@@ -1,0 +1,583 @@
+"""REST delivery to an ERP with httpx: auth, TLS, timeouts, safe retries.
+
+Every request carries an ``Idempotency-Key`` derived from (annotation id, target, payload), which
+is what makes retrying a POST safe: an ERP that honours the key answers a repeat with the first
+result instead of creating a second document. Retries cover transport errors and 408/429/5xx with
+exponential backoff and jitter (``Retry-After`` wins). Non-2xx answers are *returned*, not raised:
+whether a 409 or a 422 means success, a business error or a retry is the caller's evaluator's call.
+Only a transport failure that outlives the retries raises :class:`DeliveryError`.
+
+Usage::
+
+    endpoint = RestEndpoint(url="https://erp.example.com/api/invoices", auth=BearerAuth(token=t))
+    async with open_rest_client(endpoint) as client:       # one client per batch
+        for doc in batch:
+            key = idempotency_key(doc.annotation_id, "erp-invoices", doc.payload)
+            result = await deliver(client, endpoint, RawBody(doc.payload, "application/xml"),
+                                   idempotency_key=key)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import random
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from rossflow.rossum.errors import safe_url
+from rossflow.rossum.policy import parse_retry_after
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+DEFAULT_RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NoAuth(_Model):
+    kind: Literal["none"] = "none"
+
+
+class BasicAuth(_Model):
+    kind: Literal["basic"] = "basic"
+    username: str
+    password: SecretStr
+
+
+class BearerAuth(_Model):
+    """A static bearer token (for OAuth2-issued tokens use :class:`OAuth2ClientCredentials`)."""
+
+    kind: Literal["bearer"] = "bearer"
+    token: SecretStr
+
+
+class ApiKeyAuth(_Model):
+    kind: Literal["api_key"] = "api_key"
+    header: str = "X-API-Key"
+    value: SecretStr
+
+
+class OAuth2ClientCredentials(_Model):
+    """OAuth2 client-credentials grant; the token is cached in-process and shared by batches.
+
+    ``client_auth="body"`` sends the client id/secret as form fields, ``"basic"`` as an HTTP Basic
+    header (RFC 6749 allows both; IdPs differ). ``extra`` adds form fields such as ``audience`` or
+    ``resource``. The token request uses the delivery's client, hence its TLS settings.
+    """
+
+    kind: Literal["oauth2"] = "oauth2"
+    token_url: str
+    client_id: str
+    client_secret: SecretStr
+    scope: str | None = None
+    extra: dict[str, str] = Field(default_factory=dict)
+    client_auth: Literal["body", "basic"] = "body"
+
+
+RestAuth = Annotated[
+    NoAuth | BasicAuth | BearerAuth | ApiKeyAuth | OAuth2ClientCredentials,
+    Field(discriminator="kind"),
+]
+
+
+class TlsConfig(_Model):
+    """Server verification and optional client certificate (mutual TLS).
+
+    ``verify`` is ``True`` (system CAs), ``False`` (no verification: explicit opt-out) or the path
+    of a CA bundle, which then is the *only* trust anchor (like ``requests``' ``verify=path``).
+    """
+
+    verify: bool | str = True
+    client_cert: str | None = None
+    client_key: str | None = None
+    client_key_password: SecretStr | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        if isinstance(self.verify, str):
+            ctx = ssl.create_default_context(cafile=self.verify)
+        else:
+            ctx = ssl.create_default_context()
+            if not self.verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+        if self.client_cert:
+            password = (
+                self.client_key_password.get_secret_value() if self.client_key_password else None
+            )
+            ctx.load_cert_chain(self.client_cert, self.client_key, password)
+        return ctx
+
+
+class RestTimeouts(_Model):
+    """Seconds. Generous read timeout by default: ERPs are slow to book a document."""
+
+    connect: float = 10.0
+    read: float = 120.0
+    write: float = 120.0
+    pool: float = 30.0
+
+    def to_httpx(self) -> httpx.Timeout:
+        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
+
+
+class RestRetryPolicy(_Model):
+    """Exponential backoff with jitter; ``Retry-After`` wins when the server sends one.
+
+    A ``Retry-After`` longer than ``max_retry_after_s`` ends the retries and the answer is
+    returned as is: waiting that long inside one delivery would only hold a worker.
+    """
+
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    jitter: float = Field(default=0.25, ge=0, le=1)
+    max_retry_after_s: float = 300.0
+    retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
+
+    def backoff(self, attempt: int) -> float:
+        """Delay after failed attempt number ``attempt`` (counting from 1)."""
+        base = min(self.backoff_max_s, self.backoff_initial_s * (2 ** (attempt - 1)))
+        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+class RestEndpoint(_Model):
+    """One REST target: where to send, how to authenticate, and how patient to be."""
+
+    url: str
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    name: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    auth: RestAuth = Field(default_factory=NoAuth)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    timeouts: RestTimeouts = Field(default_factory=RestTimeouts)
+    retry: RestRetryPolicy = Field(default_factory=RestRetryPolicy)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or safe_url(self.url)
+
+
+# --------------------------------------------------------------------------------------------
+# Bodies
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JsonBody:
+    """Serialized once, compactly, so the bytes sent are the bytes hashed."""
+
+    data: Any
+
+    def request_kwargs(self) -> dict[str, Any]:
+        content = json.dumps(self.data, ensure_ascii=False, separators=(",", ":")).encode()
+        return {"content": content, "headers": {"Content-Type": "application/json"}}
+
+
+@dataclass(frozen=True)
+class RawBody:
+    """Bytes as they are, e.g. an XML or CSV export."""
+
+    content: bytes
+    content_type: str = "application/octet-stream"
+
+    def request_kwargs(self) -> dict[str, Any]:
+        return {"content": self.content, "headers": {"Content-Type": self.content_type}}
+
+
+@dataclass(frozen=True)
+class FormBody:
+    fields: Mapping[str, str]
+
+    def request_kwargs(self) -> dict[str, Any]:
+        return {"data": dict(self.fields)}
+
+
+@dataclass(frozen=True)
+class MultipartBody:
+    """One file part plus optional plain fields (``multipart/form-data``)."""
+
+    content: bytes
+    filename: str
+    content_type: str = "application/octet-stream"
+    field_name: str = "file"
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    def request_kwargs(self) -> dict[str, Any]:
+        return {
+            "files": {self.field_name: (self.filename, self.content, self.content_type)},
+            "data": dict(self.fields),
+        }
+
+
+RequestBody = JsonBody | RawBody | FormBody | MultipartBody
+
+
+def idempotency_key(annotation_id: int | str, target: str, payload: bytes) -> str:
+    """Stable key for one (document, target, payload): same export -> same key -> no duplicate.
+
+    A changed payload (e.g. the annotation was corrected and re-exported) yields a new key, so a
+    genuine update is not swallowed as a duplicate.
+    """
+    payload_hash = hashlib.sha256(payload).hexdigest()
+    material = f"{annotation_id}\n{target}\n{payload_hash}".encode()
+    return hashlib.sha256(material).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Results and errors
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What the target answered to the last attempt (any status: the caller judges it)."""
+
+    status_code: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    elapsed_s: float
+    attempts: int
+    url: str
+    idempotency_key: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+class DeliveryError(Exception):
+    """The target could not be reached (or refused our credentials) despite retries.
+
+    The message names the method, URL (without credentials), attempts and cause; never secrets.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        method: str = "POST",
+        attempts: int = 0,
+        cause: BaseException | None = None,
+    ) -> None:
+        self.url = safe_url(url)
+        self.method = method
+        self.attempts = attempts
+        self.cause = cause
+        super().__init__(message)
+
+
+class _RetryableTokenError(Exception):
+    """Token endpoint answered 429/5xx: retried like a transport error."""
+
+
+# --------------------------------------------------------------------------------------------
+# OAuth2 token cache
+# --------------------------------------------------------------------------------------------
+_TokenKey = tuple[str, str, str]
+
+
+class OAuth2TokenCache:
+    """Process-wide cache of client-credentials tokens, keyed by (token_url, client_id, scope).
+
+    Thread-safe: the dict is guarded by a lock; concurrent refreshes are collapsed per event loop
+    (coroutines of one loop wait for the first fetch). Tokens are refreshed ``skew`` before they
+    expire (10 % of their lifetime, at most 60 s) and whenever a request using them got a 401.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tokens: dict[_TokenKey, tuple[str, float]] = {}
+        self._loop_locks: dict[
+            _TokenKey, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
+        ] = {}
+        self.fetches = 0
+
+    @staticmethod
+    def key(auth: OAuth2ClientCredentials) -> _TokenKey:
+        return (auth.token_url, auth.client_id, auth.scope or "")
+
+    def _cached(self, key: _TokenKey) -> str | None:
+        with self._lock:
+            entry = self._tokens.get(key)
+        if entry and entry[1] > time.monotonic():
+            return entry[0]
+        return None
+
+    def _loop_lock(self, key: _TokenKey) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            locks = self._loop_locks.setdefault(key, weakref.WeakKeyDictionary())
+            lock = locks.get(loop)
+            if lock is None:
+                lock = locks[loop] = asyncio.Lock()
+            return lock
+
+    def invalidate(self, auth: OAuth2ClientCredentials, token: str | None = None) -> None:
+        """Drop the cached token (only if it is still ``token``, when given)."""
+        key = self.key(auth)
+        with self._lock:
+            entry = self._tokens.get(key)
+            if entry and (token is None or entry[0] == token):
+                del self._tokens[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+    async def get(self, client: httpx.AsyncClient, auth: OAuth2ClientCredentials) -> str:
+        key = self.key(auth)
+        token = self._cached(key)
+        if token:
+            return token
+        async with self._loop_lock(key):
+            token = self._cached(key)
+            if token:
+                return token
+            token, expires_in = await self._fetch(client, auth)
+            skew = min(60.0, expires_in * 0.1)
+            with self._lock:
+                self._tokens[key] = (token, time.monotonic() + expires_in - skew)
+                self.fetches += 1
+            return token
+
+    @staticmethod
+    async def _fetch(client: httpx.AsyncClient, auth: OAuth2ClientCredentials) -> tuple[str, float]:
+        data: dict[str, str] = {"grant_type": "client_credentials", **auth.extra}
+        if auth.scope:
+            data["scope"] = auth.scope
+        headers = {"Accept": "application/json"}
+        secret = auth.client_secret.get_secret_value()
+        if auth.client_auth == "basic":
+            headers["Authorization"] = _basic_header(auth.client_id, secret)
+        else:
+            data.update(client_id=auth.client_id, client_secret=secret)
+        response = await client.post(auth.token_url, data=data, headers=headers)
+        where = f"OAuth2 token request to {safe_url(auth.token_url)} (client_id {auth.client_id})"
+        if response.status_code == 429 or response.status_code >= 500:
+            raise _RetryableTokenError(f"{where} answered HTTP {response.status_code}")
+        if response.status_code != 200:
+            error = _oauth_error(response)
+            raise DeliveryError(
+                f"{where} failed: HTTP {response.status_code}{error}",
+                url=auth.token_url,
+                attempts=1,
+            )
+        try:
+            payload = response.json()
+            token = str(payload["access_token"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DeliveryError(
+                f"{where} returned no access_token", url=auth.token_url, attempts=1, cause=exc
+            ) from exc
+        try:
+            expires_in = float(payload.get("expires_in") or 3600)
+        except (TypeError, ValueError):
+            expires_in = 3600.0
+        return token, expires_in
+
+
+def _basic_header(username: str, password: str) -> str:
+    pair = f"{username}:{password}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _oauth_error(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return ""
+    if isinstance(payload, dict) and payload.get("error"):
+        return f" ({payload['error']})"
+    return ""
+
+
+TOKEN_CACHE = OAuth2TokenCache()
+
+
+# --------------------------------------------------------------------------------------------
+# Client and delivery
+# --------------------------------------------------------------------------------------------
+@asynccontextmanager
+async def open_rest_client(
+    endpoint: RestEndpoint,
+    *,
+    max_connections: int = 10,
+    max_keepalive_connections: int = 10,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One pooled client per batch (connection reuse), with the endpoint's TLS and timeouts.
+
+    Endpoints delivered through the same client must share TLS settings.
+    """
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_keepalive_connections
+    )
+    async with httpx.AsyncClient(
+        verify=endpoint.tls.ssl_context(),
+        timeout=endpoint.timeouts.to_httpx(),
+        limits=limits,
+        follow_redirects=False,
+    ) as client:
+        yield client
+
+
+async def _auth_headers(
+    client: httpx.AsyncClient, auth: RestAuth, token_cache: OAuth2TokenCache
+) -> tuple[dict[str, str], str | None]:
+    """Headers for ``auth``; second item is the OAuth2 token used (to invalidate on 401)."""
+    if isinstance(auth, BasicAuth):
+        return {
+            "Authorization": _basic_header(auth.username, auth.password.get_secret_value())
+        }, None
+    if isinstance(auth, BearerAuth):
+        return {"Authorization": f"Bearer {auth.token.get_secret_value()}"}, None
+    if isinstance(auth, ApiKeyAuth):
+        return {auth.header: auth.value.get_secret_value()}, None
+    if isinstance(auth, OAuth2ClientCredentials):
+        token = await token_cache.get(client, auth)
+        return {"Authorization": f"Bearer {token}"}, token
+    return {}, None
+
+
+def _describe(exc: BaseException, endpoint: RestEndpoint) -> str:
+    timeouts = endpoint.timeouts
+    hints = {
+        httpx.ConnectTimeout: f"could not connect within {timeouts.connect:g}s",
+        httpx.ReadTimeout: f"no response within the {timeouts.read:g}s read timeout",
+        httpx.WriteTimeout: f"could not send the body within {timeouts.write:g}s",
+        httpx.PoolTimeout: f"no free connection within {timeouts.pool:g}s",
+    }
+    for kind, hint in hints.items():
+        if isinstance(exc, kind):
+            return f"{type(exc).__name__} ({hint})"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Worth another attempt? A bad URL scheme or an untrusted certificate will not heal."""
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return False
+    return not (isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc))
+
+
+async def deliver(
+    client: httpx.AsyncClient,
+    endpoint: RestEndpoint,
+    body: RequestBody,
+    *,
+    idempotency_key: str,
+    headers: Mapping[str, str] | None = None,
+    url: str | None = None,
+    token_cache: OAuth2TokenCache | None = None,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> DeliveryResult:
+    """Send ``body`` to ``endpoint`` (or ``url``, e.g. with a document id filled in).
+
+    Retries transport errors and ``endpoint.retry.retry_statuses``; with OAuth2, a 401 triggers
+    one token refresh and an immediate repeat that does not use up a retry. Returns the last
+    answer whatever its status; raises :class:`DeliveryError` when no answer could be obtained.
+    """
+    target_url = url or endpoint.url
+    shown_url = safe_url(target_url)
+    policy = endpoint.retry
+    cache = token_cache or TOKEN_CACHE
+    kwargs = body.request_kwargs()
+    body_headers: dict[str, str] = kwargs.pop("headers", {})
+    started = time.monotonic()
+    sent = 0
+    policy_attempt = 0
+    refreshed_after_401 = False
+    while True:
+        policy_attempt += 1
+        sent += 1
+        used_token: str | None = None
+        try:
+            auth_headers, used_token = await _auth_headers(client, endpoint.auth, cache)
+            # Later sources win, case-insensitively: body defaults < endpoint < call < auth.
+            request_headers = httpx.Headers(body_headers)
+            for extra in (endpoint.headers, headers or {}, auth_headers):
+                request_headers.update(extra)
+            request_headers[IDEMPOTENCY_HEADER] = idempotency_key
+            response = await client.request(
+                endpoint.method, target_url, headers=request_headers, **kwargs
+            )
+        except (httpx.TransportError, _RetryableTokenError) as exc:
+            if policy_attempt >= policy.max_attempts or not _is_transient(exc):
+                raise DeliveryError(
+                    f"{endpoint.method} {shown_url} failed after {sent} attempt(s): "
+                    f"{_describe(exc, endpoint)}",
+                    url=target_url,
+                    method=endpoint.method,
+                    attempts=sent,
+                    cause=exc,
+                ) from exc
+            await sleep(policy.backoff(policy_attempt))
+            continue
+        except DeliveryError as exc:
+            exc.attempts = sent
+            raise
+
+        status = response.status_code
+        if (
+            status == 401
+            and isinstance(endpoint.auth, OAuth2ClientCredentials)
+            and not refreshed_after_401
+        ):
+            refreshed_after_401 = True
+            cache.invalidate(endpoint.auth, used_token)
+            policy_attempt -= 1
+            continue
+        if status in policy.retry_statuses and policy_attempt < policy.max_attempts:
+            delay = parse_retry_after(response.headers.get("Retry-After"))
+            if delay is None:
+                delay = policy.backoff(policy_attempt)
+            if delay <= policy.max_retry_after_s:
+                await sleep(delay)
+                continue
+        return DeliveryResult(
+            status_code=status,
+            headers=list(response.headers.multi_items()),
+            body=response.content,
+            elapsed_s=time.monotonic() - started,
+            attempts=sent,
+            url=shown_url,
+            idempotency_key=idempotency_key,
+        )
+
+
+async def deliver_once(
+    endpoint: RestEndpoint,
+    body: RequestBody,
+    *,
+    idempotency_key: str,
+    headers: Mapping[str, str] | None = None,
+) -> DeliveryResult:
+    """Convenience for a single document: opens and closes its own client."""
+    async with open_rest_client(endpoint, max_connections=1) as client:
+        return await deliver(
+            client, endpoint, body, idempotency_key=idempotency_key, headers=headers
+        )
