@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.servers",
+    "tests.fixtures.prefect",
 ]
