@@ -325,7 +325,7 @@ async def test_read_timeout_is_enforced(sandbox):
 
 
 async def test_polling_has_a_deadline(sandbox):
-    sandbox.update_settings(extraction_delay_s=30)
+    sandbox.settings(extraction_delay_s=30)
     async with make_client(sandbox) as client:
         result = await client.upload_and_wait(1, INVOICE_TEXT, "slow.txt", timeout_s=10)
         started = time.monotonic()
