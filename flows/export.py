@@ -1,0 +1,224 @@
+"""The export flow: confirmed annotations → pipeline → exported / failed_export.
+
+    read a page of confirmed annotations (GET, never changes status)
+      → prepare batch → step 1 → step 2 → … (the pipeline DAG, in dependency order)
+      → finalize: one POST …/export?to_status=exported&id=… for the batch,
+                  PATCH failed_export + message for each failure
+    → report (table + markdown artifacts, CSV run report)
+
+Anything the run cannot finish stays ``confirmed`` and is picked up by the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+from prefect.runtime import flow_run
+from pydantic import Field
+
+from blocks import PipelineSecrets, RestTarget, RossumCredentials, SftpServer
+from rossflow.artifacts import ArtifactStore
+from rossflow.export.config import FileStorageStep, PipelineConfig, RestStep, S3Step, load_pipeline
+from rossflow.export.engine import DocReport, ExportEngine, Targets
+from rossflow.export.report import markdown_summary, write_report_csv
+from rossflow.ledger import Ledger
+from rossflow.rossum import RossumClient, chunked, id_from_url
+from tasks.export import finalize_batch, prepare_batch, run_step
+
+
+def load_pipeline_source(pipeline: str) -> PipelineConfig:
+    """A path to a YAML/JSON file, or the YAML/JSON text itself."""
+    candidate = Path(pipeline)
+    if "\n" not in pipeline and candidate.exists():
+        return load_pipeline(candidate)
+    return load_pipeline(pipeline)
+
+
+async def resolve_targets(config: PipelineConfig) -> Targets:
+    """Load the Prefect blocks named by ``target:`` in the pipeline's steps."""
+    rest: dict[str, Any] = {}
+    sftp: dict[str, Any] = {}
+    s3: dict[str, Any] = {}
+    for step in config.steps:
+        name = getattr(step, "target", None)
+        if not name:
+            continue
+        if isinstance(step, RestStep):
+            rest[name] = await RestTarget.aload(name)
+        elif isinstance(step, S3Step):
+            from prefect_aws import S3Bucket
+
+            s3[name] = await S3Bucket.aload(name)
+        elif isinstance(step, FileStorageStep):
+            sftp[name] = (await SftpServer.aload(name)).connection_info()
+    return Targets(rest=rest, sftp=sftp, s3=s3)
+
+
+@flow(name="rossum-export", log_prints=False)
+async def export_confirmed(
+    queues: list[int],
+    pipeline: str,
+    rossum: str = "rossum",
+    secrets_block: str | None = None,
+    batch_size: Annotated[int, Field(ge=1, le=100)] = 100,
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 16,
+    batches_in_flight: Annotated[int, Field(ge=1, le=16)] = 2,
+    on_failure: Literal["failed_export", "keep_confirmed"] = "failed_export",
+    dry_run: bool = False,
+    annotation_ids: list[int] | None = None,
+    state_dir: str = ".rossflow",
+) -> dict[str, int]:
+    """Export confirmed annotations of the given queues through an export pipeline.
+
+    Args:
+        queues: Rossum queue ids to export.
+        pipeline: Pipeline file (native YAML, or Rossum v1 hooks JSON), or its text.
+        rossum: Name of the Rossum Credentials block.
+        secrets_block: Rossflow Pipeline Secrets block for {secret.x} placeholders.
+        batch_size: Annotations per batch (one Rossum page; at most 100).
+        concurrency: Documents in flight per step within a batch.
+        batches_in_flight: Batches processed at the same time.
+        on_failure: failed_export shows a red icon and the message in Rossum;
+            keep_confirmed leaves the annotation for the next run.
+        dry_run: Render and report, deliver nothing, change no status.
+        annotation_ids: Replay only these annotations (any status but exported/exporting).
+        state_dir: Where the delivery ledger, stored requests/replies and reports live.
+    """
+    logger = get_run_logger()
+    config = load_pipeline_source(pipeline)
+    for warning in config.warnings:
+        logger.warning("pipeline %s: %s", config.name, warning)
+    creds = await RossumCredentials.aload(rossum)
+    secrets = dict((await PipelineSecrets.aload(secrets_block)).values) if secrets_block else {}
+    targets = await resolve_targets(config)
+    state = Path(state_dir)
+    ledger = Ledger(state / "ledger.db")
+    artifacts = ArtifactStore(state / "artifacts")
+    reports: list[DocReport] = []
+    client = creds.get_client()
+    order = [s.name for s in config.topological_order()]
+    async with (
+        client,
+        ExportEngine(
+            config,
+            client,
+            ledger=ledger,
+            artifacts=artifacts,
+            targets=targets,
+            secrets=secrets,
+            concurrency=concurrency,
+            dry_run=dry_run,
+            on_failure=on_failure,
+        ) as engine,
+    ):
+        for queue_id in queues:
+            reports += await _export_queue(
+                engine, client, queue_id, order, batch_size, batches_in_flight, annotation_ids
+            )
+    ledger.close()
+    counts: dict[str, int] = {}
+    for r in reports:
+        counts[r.outcome] = counts.get(r.outcome, 0) + 1
+    run_name = flow_run.get_name() or "local"
+    csv_path = write_report_csv(reports, state / "reports" / f"export-{run_name}.csv")
+    await acreate_table_artifact(
+        [r.as_row() for r in reports[:5000]],
+        key="export-report",
+        description=f"Export of queues {queues}: one row per annotation (CSV: {csv_path})",
+    )
+    await acreate_markdown_artifact(
+        markdown_summary(config.name, queues, reports, dry_run=dry_run, csv_path=str(csv_path)),
+        key="export-summary",
+        description="Export run summary",
+    )
+    logger.info("export finished: %s", counts or "nothing to export")
+    return counts
+
+
+async def _export_queue(
+    engine: ExportEngine,
+    client: RossumClient,
+    queue_id: int,
+    order: list[str],
+    batch_size: int,
+    batches_in_flight: int,
+    annotation_ids: list[int] | None,
+) -> list[DocReport]:
+    logger = get_run_logger()
+    if annotation_ids:
+        total = len(annotation_ids)
+    else:
+        total = await client.count_annotations(queue_id, "confirmed")
+    logger.info("queue %s: %s annotation(s) to export", queue_id, total)
+    if total == 0:
+        return []
+    progress_id = await acreate_progress_artifact(
+        0.0, key=f"export-progress-q{queue_id}", description=f"Export of queue {queue_id}"
+    )
+    reports: list[DocReport] = []
+    slots = asyncio.Semaphore(batches_in_flight)
+    running: set[asyncio.Task[None]] = set()
+    batch_no = 0
+
+    async def process(items: list[dict[str, Any]], no: int) -> None:
+        try:
+            batch = await prepare_batch(engine, queue_id, no, items)
+            if annotation_ids:
+                batch.any_status = True
+            for name in order:
+                await run_step(engine, batch, name, queue_id, no)
+            done = await finalize_batch(engine, batch, queue_id, no)
+            reports.extend(done)
+            await aupdate_progress_artifact(progress_id, min(100.0, 100.0 * len(reports) / total))
+            logger.info("queue %s batch %s: %s", queue_id, no, _count(done))
+        finally:
+            slots.release()
+
+    async def pages() -> Any:
+        if annotation_ids:
+            for chunk in chunked(annotation_ids, batch_size):
+                items = await client.export(queue_id, ids=chunk)
+                yield [i for i in items if i.get("status") not in ("exported", "exporting")]
+        else:
+            async for page in client.export_pages(queue_id, page_size=batch_size):
+                yield page
+
+    async for page in pages():
+        if not page:
+            continue
+        await slots.acquire()
+        batch_no += 1
+        task = asyncio.create_task(process(page, batch_no))
+        running.add(task)
+        task.add_done_callback(running.discard)
+    if running:
+        await asyncio.gather(*running)
+    seen = {r.annotation_id for r in reports}
+    if annotation_ids:
+        missing = [i for i in annotation_ids if i not in seen]
+        if missing:
+            logger.warning(
+                "queue %s: not exportable (unknown, exported or exporting): %s",
+                queue_id,
+                missing[:20],
+            )
+    return reports
+
+
+def _count(reports: list[DocReport]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in reports:
+        out[r.outcome] = out.get(r.outcome, 0) + 1
+    return out
+
+
+__all__ = ["export_confirmed", "id_from_url", "load_pipeline_source"]
