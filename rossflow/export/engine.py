@@ -134,6 +134,7 @@ class DocState:
     queue_id: int
     file_name: str
     ctx: ExportContext
+    status: str = "confirmed"
     error: StepError | None = None
     dry_stopped: bool = False
     warnings: list[str] = field(default_factory=list)
@@ -406,7 +407,15 @@ class ExportEngine:
                 state.fail(exc.with_step("load"))
                 docs.append(state)
                 continue
-            docs.append(DocState(ann_id, queue_id, str(document.get("file_name") or ""), ctx))
+            docs.append(
+                DocState(
+                    ann_id,
+                    queue_id,
+                    str(document.get("file_name") or ""),
+                    ctx,
+                    status=str(item.get("status") or "confirmed"),
+                )
+            )
         return Batch(queue_id, docs)
 
     async def _download_originals(self, items: Sequence[Mapping[str, Any]]) -> dict[int, bytes]:
@@ -845,6 +854,16 @@ class ExportEngine:
                     doc.outcome, doc.message = "dry_run", "rendered; nothing delivered"
         elif ok:
             try:
+                # A replayed annotation (e.g. failed_export) goes back to confirmed first, so
+                # that the move below is the same batched export call as for any other.
+                await gather_limited(
+                    (
+                        self.client.set_status(d.annotation_id, "confirmed")
+                        for d in ok
+                        if d.status != "confirmed"
+                    ),
+                    self.concurrency,
+                )
                 moved = await self.client.move_to_status(
                     batch.queue_id, [d.annotation_id for d in ok]
                 )
