@@ -17,6 +17,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "erp": ("rossflow.localstack.erp", "run", "run the local ERP stand-in (HTTP)"),
     "sftp": ("rossflow.localstack.sftp_server", "run", "run a local SFTP server"),
     "s3": ("rossflow.localstack.s3_server", "run", "run a local S3-compatible server (moto)"),
+    "render": (
+        "rossflow.export.preview",
+        "run",
+        "preview a pipeline's templates for one annotation (delivers nothing)",
+    ),
 }
 
 
