@@ -54,4 +54,4 @@ def test_render_from_saved_json_reports_template_errors_with_line(tmp_path, caps
     code = main(["render", str(EXAMPLE), "--from-json", str(saved)])
     out = capsys.readouterr().out
     assert code == 1
-    assert "template 'invoice_json' line" in out and "line_items" in out
+    assert "template 'invoice_json' line 1" in out and "has no attribute" in out
