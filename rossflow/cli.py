@@ -13,6 +13,7 @@ from collections.abc import Sequence
 # name -> (module, function, one-line help). The function takes argv (list[str]) and returns
 # an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": ("rossflow.demo", "run", "run the whole pipeline on the embedded local stack"),
     "sandbox": ("sandbox.cli", "run", "run the local Rossum-compatible API server"),
     "erp": ("rossflow.localstack.erp", "run", "run the local ERP stand-in (HTTP)"),
     "sftp": ("rossflow.localstack.sftp_server", "run", "run a local SFTP server"),

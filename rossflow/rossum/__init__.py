@@ -5,7 +5,14 @@ Public surface::
     from rossflow.rossum import RossumClient, Timeouts, RetryPolicy, RossumError
 """
 
-from .client import ClientStats, RossumClient, UploadResult, chunked, id_from_url
+from .client import (
+    ClientStats,
+    RossumClient,
+    UploadResult,
+    chunked,
+    clear_token_cache,
+    id_from_url,
+)
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -47,6 +54,7 @@ __all__ = [
     "UncertainOutcomeError",
     "UploadResult",
     "chunked",
+    "clear_token_cache",
     "id_from_url",
     "shared_limiter",
 ]

@@ -53,6 +53,12 @@ _token_cache: dict[tuple[str, str], str] = {}
 _token_lock = threading.Lock()
 
 
+def clear_token_cache() -> None:
+    """Forget every cached login token (e.g. after rotating credentials)."""
+    with _token_lock:
+        _token_cache.clear()
+
+
 def _secret(value: Any) -> str | None:
     """Accept plain strings and pydantic ``SecretStr`` alike."""
     if value is None:

@@ -18,6 +18,7 @@ from rossflow.rossum import (
     ServerError,
     Timeouts,
     UncertainOutcomeError,
+    clear_token_cache,
     id_from_url,
 )
 
@@ -34,6 +35,9 @@ FAST_RETRY = RetryPolicy(max_attempts=4, backoff_initial_s=0.05, backoff_max_s=0
 
 
 def make_client(sandbox, **kw) -> RossumClient:
+    # the sandbox fixture resets its database between tests: start without a cached token so
+    # that request counts are exact
+    clear_token_cache()
     kw.setdefault("retry", FAST_RETRY)
     kw.setdefault("rate_limit_per_s", None)
     return RossumClient(sandbox.api_url, username=sandbox.username, password=sandbox.password, **kw)
@@ -61,6 +65,7 @@ async def test_login_list_queues_and_logout(sandbox):
 
 async def test_relogin_on_expired_token(sandbox):
     async with make_client(sandbox, max_token_lifetime_s=1) as client:
+        await client.login()
         await client.get_queue(1)
         await asyncio.sleep(1.2)
         await client.get_queue(1)  # 401 -> one re-login -> retry
