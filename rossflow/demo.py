@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 PIPELINE = (Path(__file__).parent / "localstack" / "demo_pipeline.yaml").read_text()
 
@@ -189,7 +190,7 @@ async def _save_blocks(home: Path, info: dict[str, Any]) -> None:
         host="127.0.0.1",
         port=sftp.port,
         username="rossflow",
-        password="rossflow",  # noqa: S106 - the demo SFTP server's own login
+        password=SecretStr("rossflow"),  # the demo SFTP server's own login
         known_hosts=sftp.known_hosts_line(),
     )
     await server.asave("demo-sftp", overwrite=True)

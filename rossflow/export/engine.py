@@ -229,8 +229,8 @@ def _body_for(req: PreparedRequest) -> rest_delivery.RequestBody:
         return JsonBody(req.json)
     if req.data is not None:
         return FormBody(req.data)
-    ctype = next((v for k, v in req.headers.items() if k.lower() == "content-type"), None)
-    return RawBody(req.content or b"", ctype or "application/octet-stream")
+    declared = next((v for k, v in req.headers.items() if k.lower() == "content-type"), None)
+    return RawBody(req.content or b"", declared or "application/octet-stream")
 
 
 def _with_params(url: str, params: Mapping[str, str]) -> str:
@@ -538,7 +538,8 @@ class ExportEngine:
             if isinstance(target, RestEndpoint):
                 base = target
                 return base.model_copy(update={"url": _join(base.url, url), "method": req.method})
-            return target.endpoint(url=url, method=req.method)  # type: ignore[no-any-return]
+            endpoint: RestEndpoint = target.endpoint(url=url, method=req.method)
+            return endpoint
         retries = step.retries if step.retries is not None else self.pipeline.defaults.retries
         if (step.mode or self.pipeline.defaults.mode) == "wait" and step.retries is None:
             retries = max(retries, 2)
@@ -977,7 +978,7 @@ def _inline_s3(step: FileStorageStep, creds: dict[str, Any], secrets: dict[str, 
         aws_access_key_id=secrets.get("access_key_id"),
         aws_secret_access_key=secrets.get("secret_access_key"),
         region_name=creds.get("region") or "us-east-1",
-        **({"aws_client_parameters": params} if params else {}),
+        aws_client_parameters=params or AwsClientParameters(),
     )
     return S3Bucket(bucket_name=str(creds["bucket_name"]), credentials=aws)
 

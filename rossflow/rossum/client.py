@@ -435,13 +435,13 @@ class RossumClient:
     # -- organization objects --------------------------------------------------------------
 
     async def get_queue(self, queue_id: int) -> dict[str, Any]:
-        return await self.get_json(f"/v1/queues/{queue_id}")  # type: ignore[no-any-return]
+        return await self.get_json(f"/v1/queues/{queue_id}")
 
     async def list_queues(self, **filters: Any) -> list[dict[str, Any]]:
         return [q async for q in self.paginate("/v1/queues", {"page_size": 100, **filters})]
 
     async def get_schema(self, schema: int | str) -> dict[str, Any]:
-        return await self.get_json(f"/v1/schemas/{id_from_url(schema)}")  # type: ignore[no-any-return]
+        return await self.get_json(f"/v1/schemas/{id_from_url(schema)}")
 
     async def get_queue_schema(self, queue_id: int) -> dict[str, Any]:
         queue = await self.get_queue(queue_id)
@@ -452,11 +452,11 @@ class RossumClient:
 
     async def create_hook(self, hook: Mapping[str, Any]) -> dict[str, Any]:
         resp = await self.request("POST", "/v1/hooks", json=dict(hook))
-        return resp.json()  # type: ignore[no-any-return]
+        return resp.json()
 
     async def update_hook(self, hook_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
         resp = await self.request("PATCH", f"/v1/hooks/{hook_id}", json=dict(changes))
-        return resp.json()  # type: ignore[no-any-return]
+        return resp.json()
 
     # -- upload ----------------------------------------------------------------------------
 
@@ -521,7 +521,7 @@ class RossumClient:
             task = await self.get_json(task_url, {"no_redirect": "true"})
             status = task.get("status")
             if status == "succeeded":
-                return task  # type: ignore[no-any-return]
+                return task
             if status == "failed":
                 raise TaskFailedError(
                     "Rossum task failed",
@@ -539,9 +539,7 @@ class RossumClient:
             delay = min(poll_max_s, delay * 1.5)
 
     async def get_upload(self, upload: int | str) -> dict[str, Any]:
-        return await self.get_json(  # type: ignore[no-any-return]
-            upload if isinstance(upload, str) else f"/v1/uploads/{upload}"
-        )
+        return await self.get_json(upload if isinstance(upload, str) else f"/v1/uploads/{upload}")
 
     async def upload_and_wait(
         self,
@@ -602,7 +600,7 @@ class RossumClient:
         finally:
             if close:
                 stream.close()
-        return resp.json()  # type: ignore[no-any-return]
+        return resp.json()
 
     # -- annotations -----------------------------------------------------------------------
 
@@ -630,17 +628,17 @@ class RossumClient:
                 yield item
 
     async def get_annotation(self, annotation_id: int) -> dict[str, Any]:
-        return await self.get_json(f"/v1/annotations/{annotation_id}")  # type: ignore[no-any-return]
+        return await self.get_json(f"/v1/annotations/{annotation_id}")
 
     async def get_annotation_content(self, annotation_id: int) -> list[dict[str, Any]]:
         body = await self.get_json(f"/v1/annotations/{annotation_id}/content")
-        return body.get("content") or body.get("results") or []  # type: ignore[no-any-return]
+        return body.get("content") or body.get("results") or []
 
     async def patch_annotation(
         self, annotation_id: int, changes: Mapping[str, Any]
     ) -> dict[str, Any]:
         resp = await self.request("PATCH", f"/v1/annotations/{annotation_id}", json=dict(changes))
-        return resp.json()  # type: ignore[no-any-return]
+        return resp.json()
 
     async def set_status(
         self,
@@ -697,7 +695,7 @@ class RossumClient:
 
     async def start(self, annotation_id: int) -> dict[str, Any]:
         resp = await self.request("POST", f"/v1/annotations/{annotation_id}/start", json={})
-        return resp.json()  # type: ignore[no-any-return]
+        return resp.json()
 
     async def confirm(self, annotation_id: int) -> None:
         await self.request("POST", f"/v1/annotations/{annotation_id}/confirm", json={})
@@ -870,7 +868,7 @@ class RossumClient:
     # -- documents -------------------------------------------------------------------------
 
     async def get_document(self, document: int | str) -> dict[str, Any]:
-        return await self.get_json(f"/v1/documents/{id_from_url(document)}")  # type: ignore[no-any-return]
+        return await self.get_json(f"/v1/documents/{id_from_url(document)}")
 
     async def download_document(self, document: int | str) -> bytes:
         """The original file's bytes (``GET /v1/documents/{id}/content``)."""
