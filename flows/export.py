@@ -192,16 +192,24 @@ async def _export_queue(
             async for page in client.export_pages(queue_id, page_size=batch_size):
                 yield page
 
-    async for page in pages():
-        if not page:
-            continue
-        await slots.acquire()
-        batch_no += 1
-        task = asyncio.create_task(process(page, batch_no))
-        running.add(task)
-        task.add_done_callback(running.discard)
-    if running:
-        await asyncio.gather(*running)
+    outcomes: list[BaseException | None] = []
+    try:
+        async for page in pages():
+            if not page:
+                continue
+            await slots.acquire()
+            batch_no += 1
+            task = asyncio.create_task(process(page, batch_no))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    finally:
+        # Batches already started finish (and move their annotations) even when reading the
+        # next page failed: the client they use closes when this function returns.
+        if running:
+            outcomes = await asyncio.gather(*running, return_exceptions=True)
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    if errors:
+        raise errors[0]
     seen = {r.annotation_id for r in reports}
     if annotation_ids:
         missing = [i for i in annotation_ids if i not in seen]

@@ -30,6 +30,7 @@ import httpx
 from .errors import (
     AuthenticationError,
     DeadlineExceededError,
+    NotFoundError,
     RossumAPIError,
     RossumTransportError,
     TaskFailedError,
@@ -813,16 +814,21 @@ class RossumClient:
         total = await self.count_annotations(queue_id, status)
         seen: set[int] = set()
         for page in range(math.ceil(total / page_size), 0, -1):
-            body = await self.get_json(
-                f"/v1/queues/{queue_id}/export",
-                {
-                    "format": "json",
-                    "status": status,
-                    "ordering": "id",
-                    "page": page,
-                    "page_size": page_size,
-                },
-            )
+            try:
+                body = await self.get_json(
+                    f"/v1/queues/{queue_id}/export",
+                    {
+                        "format": "json",
+                        "status": status,
+                        "ordering": "id",
+                        "page": page,
+                        "page_size": page_size,
+                    },
+                )
+            except NotFoundError:
+                # Another run moved annotations out of the filter meanwhile, so this page
+                # no longer exists; its items have shifted to lower pages, still to be read.
+                continue
             fresh = []
             for item in body.get("results", []):
                 ann_id = id_from_url(item["url"])
