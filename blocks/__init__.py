@@ -7,7 +7,15 @@ from .rest import RestTarget
 from .rossum import RossumCredentials
 from .secrets import PipelineSecrets
 from .sftp import SftpServer
+from .sources import IngestSource
 
-ALL_BLOCKS = (RossumCredentials, RestTarget, SftpServer, PipelineSecrets)
+ALL_BLOCKS = (RossumCredentials, RestTarget, SftpServer, PipelineSecrets, IngestSource)
 
-__all__ = ["ALL_BLOCKS", "PipelineSecrets", "RestTarget", "RossumCredentials", "SftpServer"]
+__all__ = [
+    "ALL_BLOCKS",
+    "IngestSource",
+    "PipelineSecrets",
+    "RestTarget",
+    "RossumCredentials",
+    "SftpServer",
+]

@@ -1,0 +1,441 @@
+"""Upload with dedupe and crash reconciliation: the same content never reaches a queue twice.
+
+Every upload has a *dedupe key* ``ingest:<rossum host>:<queue id>:<sha256>`` in the durable
+:class:`~rossflow.ledger.Ledger` (kind ``ingest-upload``):
+
+* absent → upload. The effect is recorded ``started`` *before* the request is sent and ``done``
+  (``phase: sent`` with the task URL) as soon as Rossum answers; once the task has succeeded it
+  becomes ``phase: imported`` with the document and annotation ids.
+* ``done`` → the content is already in that queue (under any name): nothing is sent; the file is
+  archived as a duplicate (or, when it is the very file that was uploaded, as uploaded: that is
+  a rerun after a crash between the upload and the archive move). ``phase: sent`` resumes
+  waiting for the recorded task.
+* ``started`` → a previous run died with the request in flight, or Rossum's answer was lost.
+  The document is looked up in Rossum (``GET /v1/documents?original_file_name=…``, then the
+  annotations' ``metadata.sha256`` and queue) and adopted when found; only when it is not there
+  is the file sent again.
+
+A *lease* on the key (:class:`~rossflow.ingest.state.IngestState`) makes sure only one run, and
+one file within a run, uploads a given content at a time; the others wait for its outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import posixpath
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from rossflow.ingest import errors as E
+from rossflow.ingest.model import DUPLICATE, UPLOADED, FileItem, IngestOptions
+from rossflow.ingest.rules import RoutingRule
+from rossflow.ingest.sources import SpooledContent
+from rossflow.ingest.state import IngestState
+from rossflow.ingest.validation import mime_type
+from rossflow.ledger import Effect, Ledger
+from rossflow.rossum import (
+    DeadlineExceededError,
+    NotFoundError,
+    RateLimitedError,
+    RossumAPIError,
+    RossumClient,
+    RossumError,
+    RossumTransportError,
+    ServerError,
+    TaskFailedError,
+    UncertainOutcomeError,
+    id_from_url,
+)
+
+log = logging.getLogger("rossflow.ingest")
+
+KIND = "ingest-upload"
+MAX_METADATA_BYTES = 4000  # Rossum: 4 kB per object
+
+
+def namespace_for(base_url: str) -> str:
+    """``https://acme.rossum.app/api`` → ``acme.rossum.app/api`` (one ledger, many orgs)."""
+    parts = urlsplit(base_url)
+    return f"{parts.netloc}{parts.path.rstrip('/')}" or base_url
+
+
+def dedupe_key(namespace: str, queue_id: int, sha256: str) -> str:
+    return f"ingest:{namespace}:{queue_id}:{sha256}"
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def build_metadata(
+    rule: RoutingRule | None, *, source_uri: str, sha256: str, size: int, name: str, run_id: str
+) -> dict[str, Any]:
+    """Rule metadata + what identifies the file (the reconcile step relies on ``sha256``)."""
+    ours = {
+        "source_uri": source_uri,
+        "sha256": sha256,
+        "size": size,
+        "original_file_name": name,
+        "ingest_run": run_id,
+    }
+    metadata = {**(rule.metadata if rule else {}), **ours}
+    encoded = len(json.dumps(metadata).encode())
+    if encoded > MAX_METADATA_BYTES:
+        over = encoded - MAX_METADATA_BYTES
+        metadata["source_uri"] = source_uri[: max(32, len(source_uri) - over - 3)] + "…"
+        if len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES:
+            raise E.FileRejected(
+                "metadata_too_large",
+                "the rule's metadata and the file's identification exceed Rossum's 4 kB limit",
+                step="upload",
+            )
+    return metadata
+
+
+class Uploader:
+    """Upload and wait steps for items of one run (async; one Rossum client per run)."""
+
+    def __init__(
+        self,
+        client: RossumClient | Sequence[RossumClient],
+        ledger: Ledger,
+        state: IngestState,
+        *,
+        run_id: str,
+        options: IngestOptions,
+    ) -> None:
+        # Several clients = several small connection pools: httpcore scans every pooled
+        # connection on each request, which costs more CPU than the upload itself at 16+
+        # connections. Tokens and the rate budget are shared by all clients of a process.
+        self.clients = [client] if isinstance(client, RossumClient) else list(client)
+        self._next = itertools.cycle(self.clients)
+        self.ledger = ledger
+        self.state = state
+        self.run_id = run_id
+        self.options = options
+        self.namespace = namespace_for(self.clients[0].base_url)
+        self.sent = 0
+        self.reconciled = 0
+
+    @property
+    def client(self) -> RossumClient:
+        """The next client (round robin)."""
+        return next(self._next)
+
+    # -- lookups -----------------------------------------------------------------------------
+    async def find_existing(
+        self, queue_id: int, sha256: str, names: Iterable[str], since: float | None
+    ) -> dict[str, Any] | None:
+        """The document/annotations already in Rossum for this content and queue, if any."""
+        for name in dict.fromkeys(n for n in names if n):
+            params: dict[str, Any] = {"original_file_name": name, "page_size": 100}
+            if since is not None:
+                params["created_at_after"] = iso(since - 600)  # generous for clock skew
+            annotation_ids: list[int] = []
+            documents: dict[int, int] = {}
+            client = self.client
+            async for doc in client.paginate("/v1/documents", params):
+                for ann in doc.get("annotations") or []:
+                    ann_id = id_from_url(ann)
+                    annotation_ids.append(ann_id)
+                    documents[ann_id] = int(doc["id"])
+            if not annotation_ids:
+                continue
+            async for ann in client.list_annotations(ids=annotation_ids):
+                meta = ann.get("metadata") or {}
+                if meta.get("sha256") == sha256 and id_from_url(ann["queue"]) == queue_id:
+                    return {
+                        "document_ids": [documents.get(ann["id"], 0)],
+                        "annotation_ids": [int(ann["id"])],
+                    }
+        return None
+
+    # -- ledger helpers ----------------------------------------------------------------------
+    def _record(self, item: FileItem, source_uri: str, **extra: Any) -> dict[str, Any]:
+        result = {
+            "queue_id": item.queue_id,
+            "sha256": item.sha256,
+            "size": item.size,
+            "file_name": posixpath.basename(item.rel),
+            "source_uri": source_uri,
+            "run_id": self.run_id,
+            "at": iso(time.time()),
+        }
+        result.update(extra)
+        return result
+
+    def _adopt(self, item: FileItem, effect: Effect, source_uri: str) -> None:
+        result = effect.result
+        if result.get("phase") == "sent":
+            item.task_url = result.get("task_url")
+            if result.get("source_uri") != source_uri:
+                item.note = f"identical content is being imported from {result.get('source_uri')}"
+            return
+        self._apply_ids(item, result)
+        same_file = result.get("source_uri") == source_uri
+        item.outcome = UPLOADED if same_file else DUPLICATE
+        if same_file:
+            item.note = "uploaded by an earlier run (recovered after a crash)"
+        else:
+            item.reason = "duplicate_content"
+            item.message = (
+                f"identical content was already uploaded to queue {item.queue_id} "
+                f"from {result.get('source_uri')}"
+            )
+
+    @staticmethod
+    def _apply_ids(item: FileItem, result: dict[str, Any]) -> None:
+        docs = result.get("document_ids") or []
+        item.document_id = int(docs[0]) if docs else None
+        item.annotation_ids = [int(a) for a in result.get("annotation_ids") or []]
+
+    def release(self, item: FileItem) -> None:
+        if item.lease and item.upload_key:
+            self.state.release_lease(item.upload_key, item.lease)
+            item.lease = None
+
+    # -- upload ------------------------------------------------------------------------------
+    async def upload(
+        self, item: FileItem, content: SpooledContent, rule: RoutingRule | None, source_uri: str
+    ) -> None:
+        """Send ``item`` (or adopt what the ledger/Rossum already has). Sets ``task_url``, a
+        final outcome, or ``waiting_on``."""
+        assert item.queue_id is not None and item.sha256 is not None
+        key = dedupe_key(self.namespace, item.queue_id, item.sha256)
+        item.upload_key = key
+        token = f"{self.run_id}/{uuid.uuid4().hex[:12]}"
+        holder = self.state.acquire_lease(key, token, self.run_id)
+        if holder is not None:
+            item.waiting_on = holder
+            return
+        item.lease = token
+        name = posixpath.basename(item.rel)
+        effect = self.ledger.get(key)
+        if effect is not None and effect.state == "done":
+            self._adopt(item, effect, source_uri)
+            return
+        if effect is not None and effect.state == "started":
+            found = await self.find_existing(
+                item.queue_id, item.sha256, (effect.target, name), effect.created_at
+            )
+            if found is not None:
+                self.reconciled += 1
+                self._found(item, key, found, source_uri, "found in Rossum after a crash")
+                return
+        metadata = build_metadata(
+            rule,
+            source_uri=source_uri,
+            sha256=item.sha256,
+            size=content.size,
+            name=name,
+            run_id=self.run_id,
+        )
+        values = dict(rule.values) if rule and rule.values else None
+        content_type = mime_type(item.file_type) if item.file_type else "application/octet-stream"
+        for attempt in range(1, self.options.upload_attempts + 1):
+            self.ledger.begin(
+                key, kind=KIND, subject=f"{item.queue_id}:{item.sha256}", step="upload", target=name
+            )
+            content.stream.seek(0)
+            try:
+                self.sent += 1
+                task_url = await self.client.upload(
+                    item.queue_id,
+                    content.stream,
+                    name,
+                    metadata=metadata,
+                    values=values,
+                    content_type=content_type,
+                )
+            except (UncertainOutcomeError, ServerError) as exc:
+                # Rossum may have created the document: look before sending it again.
+                log.warning("upload of %s: %s; reconciling", source_uri, exc)
+                await asyncio.sleep(self.options.reconcile_delay_s)
+                found = await self.find_existing(item.queue_id, item.sha256, (name,), None)
+                if found is not None:
+                    self.reconciled += 1
+                    self._found(item, key, found, source_uri, "answer lost; found in Rossum")
+                    return
+                if attempt == self.options.upload_attempts:
+                    # Leave the effect 'started': the next run reconciles before sending.
+                    item.defer("upload_uncertain", E.describe(exc), step="upload")
+                    item.rossum = E.rossum_detail(exc)
+                    return
+                continue
+            except RossumTransportError as exc:  # provably not sent
+                self.ledger.finish(
+                    key,
+                    ok=False,
+                    result=self._record(item, source_uri, phase="not_sent", error=E.describe(exc)),
+                )
+                item.defer("rossum_unreachable", E.describe(exc), step="upload")
+                return
+            except RateLimitedError as exc:
+                self.ledger.finish(
+                    key,
+                    ok=False,
+                    result=self._record(item, source_uri, phase="not_sent", error=E.describe(exc)),
+                )
+                item.defer("rate_limited", E.describe(exc), step="upload")
+                return
+            except RossumAPIError as exc:
+                detail = E.rossum_detail(exc)
+                self.ledger.finish(
+                    key,
+                    ok=False,
+                    result=self._record(item, source_uri, phase="rejected", error=detail),
+                )
+                if E.is_transient(exc):
+                    item.defer("rossum_unavailable", E.describe(exc), step="upload")
+                    return
+                item.fail(
+                    E.REJECTED,
+                    f"Rossum refused the upload: HTTP {exc.status}"
+                    + (f" {exc.detail}" if exc.detail else ""),
+                    step="upload",
+                    rossum=detail,
+                )
+                return
+            self.ledger.finish(
+                key, ok=True, result=self._record(item, source_uri, phase="sent", task_url=task_url)
+            )
+            item.task_url = task_url
+            return
+
+    def _found(
+        self, item: FileItem, key: str, found: dict[str, Any], source_uri: str, note: str
+    ) -> None:
+        result = self._record(item, source_uri, phase="imported", reconciled=True, **found)
+        self.ledger.finish(key, ok=True, result=result)
+        self._apply_ids(item, found)
+        item.outcome = UPLOADED
+        item.note = note
+
+    # -- wait --------------------------------------------------------------------------------
+    async def wait(self, item: FileItem, source_uri: str) -> None:
+        """Resolve ``task_url`` (or the other holder's outcome) within the task deadline."""
+        try:
+            if item.waiting_on is not None:
+                await self._wait_other(item, source_uri)
+            elif item.task_url is not None:
+                await self._wait_task(item, source_uri)
+        finally:
+            self.release(item)
+
+    async def _wait_task(self, item: FileItem, source_uri: str) -> None:
+        assert item.upload_key is not None and item.task_url is not None
+        key = item.upload_key
+        try:
+            result = await self.client.resolve_upload(
+                item.task_url, timeout_s=self.options.task_deadline_s
+            )
+        except TaskFailedError as exc:
+            detail = E.rossum_detail(exc)
+            self.ledger.finish(
+                key,
+                ok=False,
+                result=self._record(item, source_uri, phase="import_failed", error=detail),
+            )
+            item.fail(
+                E.IMPORT_FAILED,
+                f"Rossum's upload task failed: {exc.detail or exc}",
+                step="wait",
+                rossum=detail,
+            )
+            return
+        except DeadlineExceededError as exc:
+            item.defer("task_deadline", E.describe(exc), step="wait")
+            return
+        except NotFoundError:
+            # The task expired (they live for a day): the document tells.
+            assert item.queue_id is not None and item.sha256 is not None
+            found = await self.find_existing(
+                item.queue_id, item.sha256, (posixpath.basename(item.rel),), None
+            )
+            if found is None:
+                item.defer(
+                    "task_expired", "the upload task is gone and no document was found", step="wait"
+                )
+                return
+            self._found(item, key, found, source_uri, "task expired; found in Rossum")
+            return
+        except RossumError as exc:
+            item.defer("rossum_unavailable", E.describe(exc), step="wait")
+            return
+        ids = {"document_ids": result.document_ids, "annotation_ids": result.annotation_ids}
+        effect = self.ledger.get(key)
+        uploaded_from = (effect.result.get("source_uri") if effect else None) or source_uri
+        self.ledger.finish(
+            key,
+            ok=True,
+            result=self._record(
+                item, uploaded_from, phase="imported", task_url=item.task_url, **ids
+            ),
+        )
+        self._apply_ids(item, ids)
+        if uploaded_from == source_uri:
+            item.outcome = UPLOADED
+        else:
+            item.outcome = DUPLICATE
+            item.reason = "duplicate_content"
+            item.message = f"identical content was already uploaded from {uploaded_from}"
+
+    async def _wait_other(self, item: FileItem, source_uri: str) -> None:
+        """Another file (this run or another) holds the lease for identical content."""
+        assert item.upload_key is not None
+        key = item.upload_key
+        deadline = time.monotonic() + self.options.task_deadline_s
+        delay = 0.1
+        while True:
+            effect = self.ledger.get(key)
+            if (
+                effect is not None
+                and effect.state == "done"
+                and (effect.result.get("phase") == "imported")
+            ):
+                self._adopt(item, effect, source_uri)
+                return
+            if (
+                effect is not None
+                and effect.state == "failed"
+                and (effect.result.get("phase") in ("rejected", "import_failed"))
+            ):
+                error = effect.result.get("error")
+                item.fail(
+                    E.DUPLICATE_OF_REJECTED,
+                    f"identical content from {effect.result.get('source_uri')} was refused by "
+                    "Rossum",
+                    step="upload",
+                    rossum=error if isinstance(error, dict) else None,
+                )
+                return
+            holder = self.state.lease_holder(key)
+            holder_run = (holder or "").split("/", 1)[0]
+            if (
+                holder is None
+                or holder != item.waiting_on
+                or self.state.run_is_dead(holder_run, me=self.run_id)
+            ):
+                # The holder let go without a final outcome (it deferred, or it died).
+                item.defer(
+                    "identical_content_pending",
+                    "identical content was being uploaded from another file; retry later",
+                    step="upload",
+                )
+                return
+            if time.monotonic() >= deadline:
+                item.defer(
+                    "identical_content_pending",
+                    f"identical content is still being uploaded by {holder}",
+                    step="wait",
+                )
+                return
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 1.5)

@@ -1,0 +1,136 @@
+"""Prefect tasks of the ingest flow: one task per step per batch of files.
+
+They are thin wrappers around :mod:`rossflow.ingest.pipeline`; the logic (and its tests) lives
+there. Inside a task the work is spread over the run's bounded pools (``io_concurrency`` threads
+with one SFTP session each, ``upload_concurrency`` Rossum requests in flight), never one Prefect
+task per file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from uuid import UUID
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from rossflow.ingest import pipeline
+from rossflow.ingest.model import FileItem
+from rossflow.ingest.pipeline import IngestRuntime
+from rossflow.ingest.report import IngestReport
+from rossflow.ingest.status import StatusReport, track_status, uploads_from_ledger
+from rossflow.ledger import Ledger
+from rossflow.rossum import RossumClient
+
+# Items are mutated in place and handed on; nothing here is worth caching or persisting.
+_opts: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="ingest-recover-claims", **_opts)
+def recover_claims(rt: IngestRuntime) -> list[FileItem]:
+    """Adopt files claimed by runs that died or finished without processing them."""
+    return pipeline.recover(rt)
+
+
+@task(name="ingest-list-files", **_opts)
+def list_files(rt: IngestRuntime, skip_paths: list[str]) -> list[FileItem]:
+    """Routed candidate files (old enough, not hidden, matching a rule)."""
+    return list(pipeline.discover(rt, skip_paths=skip_paths))
+
+
+@task(name="ingest-claim", **_opts)
+def claim_files(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
+    return pipeline.claim(rt, items)
+
+
+@task(name="ingest-validate", **_opts)
+def validate_files(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
+    return pipeline.validate(rt, items)
+
+
+@task(name="ingest-upload", **_opts)
+def upload_files(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
+    return pipeline.upload(rt, items)
+
+
+@task(name="ingest-wait", **_opts)
+def wait_for_imports(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
+    return pipeline.wait(rt, items)
+
+
+@task(name="ingest-finalize", **_opts)
+def finalize_files(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
+    """Archive (dated) or move to failed/ with <name>.error.json; deferred files stay claimed."""
+    return pipeline.finalize(rt, items)
+
+
+@task(name="ingest-report", **_opts)
+def publish_report(report: IngestReport) -> dict[str, Any]:
+    """Table artifact (one row per file; problems first) + markdown summary."""
+    summary = report.summary()
+    create_table_artifact(
+        key="ingest-report",
+        table=report.table(),
+        description=f"Ingest run {report.run_id}: {summary['processed']} file(s)",
+    )
+    create_markdown_artifact(
+        key="ingest-summary",
+        markdown=report.markdown(),
+        description=f"Ingest run {report.run_id}",
+    )
+    return summary
+
+
+@task(name="ingest-check-status", **_opts)
+def check_status(
+    client: RossumClient,
+    ledger_path: str,
+    *,
+    since_s: float | None,
+    queue_ids: list[int] | None,
+    annotation_ids: list[int] | None,
+    importing_stuck_after_s: float,
+) -> StatusReport:
+    """Statuses of ingested documents (batched by 100 ids) with stuck ones flagged."""
+    if annotation_ids:
+        tracked: list[Any] = list(annotation_ids)
+    else:
+        ledger = Ledger(ledger_path)
+        try:
+            tracked = list(uploads_from_ledger(ledger, since_s=since_s, queue_ids=queue_ids))
+        finally:
+            ledger.close()
+
+    async def run() -> StatusReport:
+        async with client:
+            return await track_status(
+                client, tracked, importing_stuck_after_s=importing_stuck_after_s
+            )
+
+    report = asyncio.run(run())
+    create_markdown_artifact(key="ingest-status", markdown=report.markdown())
+    if report.stuck:
+        create_table_artifact(
+            key="ingest-stuck-documents",
+            table=report.stuck,
+            description=f"{len(report.stuck)} stuck document(s)",
+        )
+    return report
+
+
+def prefect_run_alive(run_id: str) -> bool | None:
+    """Liveness of a claim owner according to Prefect: False when its flow run is in a final
+    state (crashed, failed, cancelled, completed); None when unknown (not a flow run id)."""
+    try:
+        flow_run_id = UUID(run_id)
+    except ValueError:
+        return None
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+    if run.state is None:
+        return None
+    return not run.state.is_final()
