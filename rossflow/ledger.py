@@ -16,14 +16,13 @@ short transactions; the batch helpers group a whole batch into one transaction.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rossflow.sqlite import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS effects (
@@ -66,37 +65,13 @@ class Effect:
     updated_at: float
 
 
-class Ledger:
+class Ledger(SqliteStore):
     """Durable record of side effects keyed by an idempotency key."""
 
+    schema = SCHEMA
+
     def __init__(self, path: str | Path = ".rossflow/ledger.db") -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._lock = threading.RLock()
-        with self._lock:
-            if self.path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        super().__init__(path)
 
     # -- effects ---------------------------------------------------------------------------
 

@@ -17,15 +17,14 @@ import json
 import os
 import socket
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from rossflow.sqlite import SqliteStore
 
 HOST = socket.gethostname()
 
@@ -139,38 +138,14 @@ CREATE TABLE IF NOT EXISTS ingest_locks (
 """
 
 
-class IngestState:
+class IngestState(SqliteStore):
     """Runs and leases of this host (SQLite, WAL; safe for threads and processes)."""
 
+    schema = SCHEMA
+
     def __init__(self, path: str | Path, *, stale_after_s: float = 1800.0) -> None:
-        self.path = str(path)
+        super().__init__(path)
         self.stale_after_s = stale_after_s
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._lock = threading.RLock()
-        with self._lock:
-            if self.path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
 
     # -- runs ------------------------------------------------------------------------------
     def register_run(self, owner: RunOwner) -> None:
