@@ -14,6 +14,21 @@ from collections.abc import Sequence
 # an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("rossflow.demo", "run", "run the whole pipeline on the embedded local stack"),
+    "setup": (
+        "rossflow.setup",
+        "run",
+        "register block types and create blocks from a config file or ROSSFLOW_* variables",
+    ),
+    "serve": (
+        "deployments.serve",
+        "run",
+        "serve the ingest and export deployments (schedules, webhook triggers) from one process",
+    ),
+    "webhook": (
+        "rossflow.webhook.cli",
+        "run",
+        "receive Rossum hook calls and emit Prefect events (triggers the export)",
+    ),
     "sandbox": ("sandbox.cli", "run", "run the local Rossum-compatible API server"),
     "erp": ("rossflow.localstack.erp", "run", "run the local ERP stand-in (HTTP)"),
     "sftp": ("rossflow.localstack.sftp_server", "run", "run a local SFTP server"),

@@ -6,8 +6,10 @@ outcome early (rejected, skipped) ride along untouched to :func:`finalize`. The 
 them without Prefect.
 
 An :class:`IngestRuntime` holds what a run shares: the source (one SFTP session per I/O thread),
-a bounded I/O thread pool, one event loop thread with one Rossum client, the ledger and the
-state store. It is thread-safe, so several batches can be in different steps at once.
+a bounded I/O thread pool, a few event-loop "lanes" each with its own Rossum client(s), the
+ledger and the state store. It is thread-safe, so several batches can be in different steps at
+once. Uploads are streamed from the source into one bounded buffer per upload in flight; the
+wait for Rossum's task starts as soon as a file is sent (the wait step collects it).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ log = logging.getLogger("rossflow.ingest")
 #: Requests in flight per Rossum client (uploads + task polls are spread over several clients).
 CONNECTIONS_PER_CLIENT = 4
 #: Uploads in flight per event-loop lane.
-LANE_WIDTH = 1
+LANE_WIDTH = 4
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -260,9 +262,13 @@ def recover(rt: IngestRuntime) -> list[FileItem]:
     out: list[FileItem] = []
     for item in adopted:
         if not rt.route(item):
-            item.skip(
-                "unrouted", "recovered file matches no routing rule; left claimed", step="recover"
-            )
+            # The rules changed since it was claimed: give it back rather than hold it forever.
+            try:
+                rt.source.unclaim(item)
+                note = "recovered file matches no routing rule; returned to the inbox"
+            except Exception as exc:
+                note = f"recovered file matches no routing rule; could not return it: {exc}"
+            item.skip("unrouted", note, step="recover")
         out.append(item)
     rt.report.recovered += len(out)
     return out
@@ -548,6 +554,10 @@ def finalize(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
         return item
 
     done = rt.map_io(one, items)
+    try:
+        source.flush()
+    except Exception as exc:  # leftover locks are stale once the run ends; nothing is lost
+        log.warning("bulk lock release failed: %s", exc)
     rt.report.add(done)
     rt.report.uploads_sent = rt.uploads_sent
     rt.report.reconciled = rt.reconciled
