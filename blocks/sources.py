@@ -3,7 +3,7 @@ areas and (optionally) its default routing rules."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect.blocks.core import Block
 from prefect_aws import S3Bucket
@@ -46,6 +46,11 @@ class IngestSource(Block):
     archive_layout: str = Field(
         default="%Y/%m/%d", description="Dated sub-folders below the archive; empty for none."
     )
+    s3_claims: Literal["lock-object", "local"] = Field(
+        default="lock-object",
+        description="S3 claims: conditional lock objects (safe across hosts) or locks in the "
+        "local ledger database (2 requests fewer per file; only for runs on one host).",
+    )
     rules: list[RoutingRule] = Field(
         default_factory=list,
         description="Default routing rules (rossflow format or Rossum import_rules verbatim); "
@@ -75,7 +80,7 @@ class IngestSource(Block):
         if self.sftp_server is not None:
             return SftpSource(self.sftp_server.connection_info(), self.layout())
         assert self.s3_bucket is not None
-        return S3Source(self.s3_bucket, self.layout())
+        return S3Source(self.s3_bucket, self.layout(), claims=self.s3_claims)
 
     def describe(self) -> dict[str, Any]:
         kind = "sftp" if self.sftp_server is not None else "s3"

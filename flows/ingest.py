@@ -25,10 +25,11 @@ from pydantic import Field
 
 from blocks.rossum import RossumCredentials
 from blocks.sources import IngestSource
-from rossflow.ingest.model import FileItem, IngestOptions
+from rossflow.ingest.model import IngestOptions
 from rossflow.ingest.pipeline import IngestRuntime, batched
 from rossflow.ingest.rules import RoutingRule
 from tasks.ingest import (
+    Batch,
     check_status,
     claim_files,
     finalize_files,
@@ -88,15 +89,15 @@ def ingest(
         alive_check=prefect_run_alive if flow_run.id else None,
     )
     try:
-        recovered = recover_claims(runtime)
+        recovered = recover_claims(runtime).items
         pending = [item for item in recovered if not item.final]
         runtime.report.add([item for item in recovered if item.final])
-        listed = list_files(runtime, [item.origin for item in pending])
-        in_flight: deque[PrefectFuture[list[FileItem]]] = deque()
+        listed = list_files(runtime, [item.origin for item in pending]).items
+        in_flight: deque[PrefectFuture[Batch]] = deque()
         for batch in batched([*pending, *listed], options.batch_size):
             while len(in_flight) >= options.batches_in_flight:
                 in_flight.popleft().wait()
-            claimed = claim_files.submit(runtime, batch)
+            claimed = claim_files.submit(runtime, Batch(batch))
             valid = validate_files.submit(runtime, claimed)
             sent = upload_files.submit(runtime, valid)
             imported = wait_for_imports.submit(runtime, sent)

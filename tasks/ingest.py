@@ -28,42 +28,66 @@ from rossflow.rossum import RossumClient
 _opts: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
+class Batch:
+    """The files of one batch, handed from task to task.
+
+    A plain object on purpose: Prefect walks lists and dataclasses in task arguments and
+    results (looking for upstream futures), which for 50 file records costs more CPU than a
+    step's own bookkeeping. An opaque container keeps Prefect's per-task overhead constant.
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[FileItem]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return f"Batch({len(self.items)} files)"
+
+
 @task(name="ingest-recover-claims", **_opts)
-def recover_claims(rt: IngestRuntime) -> list[FileItem]:
+def recover_claims(rt: IngestRuntime) -> Batch:
     """Adopt files claimed by runs that died or finished without processing them."""
-    return pipeline.recover(rt)
+    return Batch(pipeline.recover(rt))
 
 
 @task(name="ingest-list-files", **_opts)
-def list_files(rt: IngestRuntime, skip_paths: list[str]) -> list[FileItem]:
+def list_files(rt: IngestRuntime, skip_paths: list[str]) -> Batch:
     """Routed candidate files (old enough, not hidden, matching a rule)."""
-    return list(pipeline.discover(rt, skip_paths=skip_paths))
+    return Batch(list(pipeline.discover(rt, skip_paths=skip_paths)))
 
 
 @task(name="ingest-claim", **_opts)
-def claim_files(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
-    return pipeline.claim(rt, items)
+def claim_files(rt: IngestRuntime, batch: Batch) -> Batch:
+    """Take the files for this run (SFTP: rename into processing/<run>/; S3: lock object)."""
+    return Batch(pipeline.claim(rt, batch.items))
 
 
 @task(name="ingest-validate", **_opts)
-def validate_files(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
-    return pipeline.validate(rt, items)
+def validate_files(rt: IngestRuntime, batch: Batch) -> Batch:
+    """Names, extensions and sizes (content is sniffed while streaming in the upload step)."""
+    return Batch(pipeline.validate(rt, batch.items))
 
 
 @task(name="ingest-upload", **_opts)
-def upload_files(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
-    return pipeline.upload(rt, items)
+def upload_files(rt: IngestRuntime, batch: Batch) -> Batch:
+    """Stream, hash, dedupe/reconcile against the ledger, upload with metadata."""
+    return Batch(pipeline.upload(rt, batch.items))
 
 
 @task(name="ingest-wait", **_opts)
-def wait_for_imports(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
-    return pipeline.wait(rt, items)
+def wait_for_imports(rt: IngestRuntime, batch: Batch) -> Batch:
+    """Wait (with a deadline) for Rossum's upload tasks; record document/annotation ids."""
+    return Batch(pipeline.wait(rt, batch.items))
 
 
 @task(name="ingest-finalize", **_opts)
-def finalize_files(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
+def finalize_files(rt: IngestRuntime, batch: Batch) -> Batch:
     """Archive (dated) or move to failed/ with <name>.error.json; deferred files stay claimed."""
-    return pipeline.finalize(rt, items)
+    return Batch(pipeline.finalize(rt, batch.items))
 
 
 @task(name="ingest-report", **_opts)

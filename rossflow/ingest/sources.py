@@ -38,7 +38,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -255,12 +255,19 @@ class Source(ABC):
         ``folder/rel`` (numbered if taken); returns the target path."""
 
     @abstractmethod
+    def unclaim(self, item: FileItem) -> None:
+        """Give a claimed file back: it goes back to where it was found."""
+
+    @abstractmethod
     def has_sidecar(self, folder: str, rel: str) -> bool:
         """Is there already a ``<rel>.error.json`` in ``folder``?"""
 
     @abstractmethod
     def release(self, item: FileItem) -> None:
         """Give up the claim of a file that stays where it is (S3 lock)."""
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Finish deferred bookkeeping of a batch (S3: release locks in bulk)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
@@ -569,6 +576,10 @@ class SftpSource(Source):
     def archive(self, item: FileItem, folder: str, rel: str) -> str:
         return self._rename_free(item.path, self.join(folder, safe_rel(rel)))
 
+    def unclaim(self, item: FileItem) -> None:
+        item.path = self._rename_free(item.path, item.origin)
+        item.claimed = False
+
     def has_sidecar(self, folder: str, rel: str) -> bool:
         return self._exists(self.join(folder, safe_rel(rel)) + SIDECAR_SUFFIX)
 
@@ -602,7 +613,14 @@ class S3Source(Source):
     kind = "s3"
     vanished_means_gone = True
 
-    def __init__(self, bucket: S3Bucket, layout: SourceLayout, state: IngestState | None = None):
+    def __init__(
+        self,
+        bucket: S3Bucket,
+        layout: SourceLayout,
+        state: IngestState | None = None,
+        *,
+        claims: Literal["lock-object", "local"] = "lock-object",
+    ):
         super().__init__(layout)
         from rossflow.delivery.s3 import resolve_key, s3_client
 
@@ -621,6 +639,11 @@ class S3Source(Source):
         self._owners: dict[str, RunOwner | None] = {}
         self._fallback_run: str | None = None
         self._held = 0  # locks this run holds right now
+        self._release_queue: list[tuple[str, str]] = []  # (lock key, ETag) to delete in bulk
+        if claims == "local":
+            # Locks in the local state database instead of lock objects: two requests fewer per
+            # file, but only runs sharing that database (one host) are kept apart.
+            self._conditional = False
         self._conditional_copy: bool | None = None
         self._lock = threading.Lock()
 
@@ -707,6 +730,7 @@ class S3Source(Source):
         )
 
     def finish(self, owner: RunOwner) -> None:
+        self.flush()
         if self._held:
             self.heartbeat(owner)  # finished_at set: locks left behind are stale at once
         else:
@@ -942,8 +966,44 @@ class S3Source(Source):
     def archive(self, item: FileItem, folder: str, rel: str) -> str:
         target = self._copy_free(item.path, self.join(folder, safe_rel(rel)), item.etag)
         self.client.delete_object(Bucket=self.bucket_name, Key=item.path)
-        self.release(item)
+        self._release_later(item)
         return target
+
+    def _release_later(self, item: FileItem) -> None:
+        """The file is gone from the inbox: its lock can go with the batch's other locks (one
+        DeleteObjects request). Until then it only guards a key that no longer exists."""
+        if not item.lock:
+            self.release(item)
+            return
+        with self._lock:
+            self._release_queue.append((self._lock_key(item.path), item.lock))
+        item.lock = None
+
+    def flush(self) -> None:
+        from botocore.exceptions import ClientError
+
+        with self._lock:
+            pending, self._release_queue = self._release_queue, []
+        for start in range(0, len(pending), 1000):
+            chunk = pending[start : start + 1000]
+            objects = [{"Key": key, "ETag": etag} for key, etag in chunk]
+            try:
+                self.client.delete_objects(
+                    Bucket=self.bucket_name, Delete={"Objects": objects, "Quiet": True}
+                )
+            except ClientError as exc:
+                if self._code(exc) not in ("NotImplemented", "InvalidArgument", "InvalidRequest"):
+                    raise
+                self.client.delete_objects(
+                    Bucket=self.bucket_name,
+                    Delete={"Objects": [{"Key": key} for key, _ in chunk], "Quiet": True},
+                )
+        with self._lock:
+            self._held -= len(pending)
+
+    def unclaim(self, item: FileItem) -> None:
+        self.release(item)
+        item.claimed = False
 
     def has_sidecar(self, folder: str, rel: str) -> bool:
         return self._head(self.join(folder, safe_rel(rel)) + SIDECAR_SUFFIX) is not None
@@ -964,7 +1024,9 @@ class S3Source(Source):
             if exists:
                 self._copy_free(item.path, candidate, item.etag)
                 self.client.delete_object(Bucket=self.bucket_name, Key=item.path)
-            self.release(item)
+                self._release_later(item)
+            else:
+                self.release(item)
             return candidate
         raise E.FileRejected("no_free_name", f"no free key for {target}", step="finalize")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from rossflow.ingest import UPLOADED, IngestReport, S3Source, SourceLayout, run_ingest
 from rossflow.localstack.s3_server import S3Server
@@ -48,7 +49,9 @@ def run_two(make_run: Any) -> list[IngestReport]:
 
 
 def test_two_concurrent_sftp_runs_split_the_files(
-    sftp_server: SftpServerInfo, sandbox: SandboxServer, sandbox_client: httpx.Client,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     inbox = sftp_server.root / "inbox"
@@ -58,8 +61,12 @@ def test_two_concurrent_sftp_runs_split_the_files(
     def make_run(index: int) -> IngestReport:
         # Separate ledgers on purpose: only the claims keep the runs apart here.
         opts = options(tmp_path / f"run{index}", batch_size=7, io_concurrency=3)
-        return run_ingest(sftp_source(sftp_server), [{"pattern": "*.pdf", "queue_id": 1}],
-                          client_factory(sandbox), opts)
+        return run_ingest(
+            sftp_source(sftp_server),
+            [{"pattern": "*.pdf", "queue_id": 1}],
+            client_factory(sandbox),
+            opts,
+        )
 
     reports = run_two(make_run)
     uploaded = [r.counts[UPLOADED] for r in reports]
@@ -71,8 +78,13 @@ def test_two_concurrent_sftp_runs_split_the_files(
     assert [f for f in files if "/archive/" not in f] == []  # nothing left, nothing claimed
 
 
+@pytest.mark.parametrize("claims", ["lock-object", "local"])
 def test_two_concurrent_s3_runs(
-    s3_server: S3Server, s3_bucket: Any, sandbox: SandboxServer, sandbox_client: httpx.Client,
+    claims: str,
+    s3_server: S3Server,
+    s3_bucket: Any,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     s3, name = s3_server.boto3_client(), s3_bucket.bucket_name
@@ -81,8 +93,12 @@ def test_two_concurrent_s3_runs(
 
     def make_run(index: int) -> IngestReport:
         opts = options(tmp_path, batch_size=7, io_concurrency=3)  # one host, one ledger
-        return run_ingest(S3Source(s3_bucket, SourceLayout(directory="in")),
-                          [{"pattern": "*.pdf", "queue_id": 1}], client_factory(sandbox), opts)
+        return run_ingest(
+            S3Source(s3_bucket, SourceLayout(directory="in"), claims=claims),  # type: ignore[arg-type]
+            [{"pattern": "*.pdf", "queue_id": 1}],
+            client_factory(sandbox),
+            opts,
+        )
 
     reports = run_two(make_run)
     assert sum(r.counts[UPLOADED] for r in reports) == N, [r.summary() for r in reports]
@@ -94,3 +110,5 @@ def test_two_concurrent_s3_runs(
     ]
     assert len([k for k in left if "/archive/" in k]) == N
     assert not [k for k in left if "/_locks/" in k or k.startswith("in/doc")]
+    if claims == "local":  # no lock objects were ever written
+        assert not [k for k in left if "/processing/" in k]

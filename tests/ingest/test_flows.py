@@ -23,13 +23,22 @@ TODAY = datetime.now(UTC).strftime("%Y/%m/%d")
 
 
 def sftp_block(server: SftpServerInfo) -> SftpBlock:
-    return SftpBlock(host=server.host, port=server.port, username=server.username,
-                     password=server.password, known_hosts=server.known_hosts)
+    return SftpBlock(
+        host=server.host,
+        port=server.port,
+        username=server.username,
+        password=server.password,
+        known_hosts=server.known_hosts,
+    )
 
 
 def rossum_block(sandbox: SandboxServer) -> RossumCredentials:
-    return RossumCredentials(base_url=sandbox.api_url, username=sandbox.username,
-                             password=sandbox.password, rate_limit_per_s=None)
+    return RossumCredentials(
+        base_url=sandbox.api_url,
+        username=sandbox.username,
+        password=sandbox.password,
+        rate_limit_per_s=None,
+    )
 
 
 def artifacts(flow_run_id: str) -> dict[str, Any]:
@@ -54,16 +63,26 @@ def test_flow_parameters_make_a_usable_form() -> None:
     assert set(props) == {"source", "rossum", "rules", "options"}
     assert all(props[name].get("description") for name in props)
     rule = schema["definitions"]["RoutingRule"]["properties"]
-    assert {"queue_id", "pattern", "path", "file_match_regex", "result_actions",
-            "metadata", "values"} <= set(rule)
+    assert {
+        "queue_id",
+        "pattern",
+        "path",
+        "file_match_regex",
+        "result_actions",
+        "metadata",
+        "values",
+    } <= set(rule)
     options = schema["definitions"]["IngestOptions"]["properties"]
     assert options["max_file_bytes"]["description"] and options["ledger_path"]["default"]
     assert "importing_stuck_after_min" in ingest_status.parameters.model_dump()["properties"]
 
 
 def test_ingest_flow_sftp_with_saved_blocks_and_artifacts(
-    prefect_harness: None, sftp_server: SftpServerInfo, sandbox: SandboxServer,
-    sandbox_client: httpx.Client, tmp_path: Path,
+    prefect_harness: None,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
+    tmp_path: Path,
 ) -> None:
     from flows.ingest import ingest
 
@@ -73,14 +92,18 @@ def test_ingest_flow_sftp_with_saved_blocks_and_artifacts(
     put(inbox, "invoices/broken.pdf", PNG_HEAD)
     put(inbox, "invoices/zero.pdf", b"")
     IngestSource(sftp_server=sftp_block(sftp_server), directory="/inbox").save(
-        "test-ingest-sftp", overwrite=True)
+        "test-ingest-sftp", overwrite=True
+    )
     rossum_block(sandbox).save("test-rossum", overwrite=True)
     # Rossum's own import_rules, pasted as the flow parameter.
     rules = [{"path": "invoices", "queue_id": 1, "file_match_regex": "\\.pdf$"}]
-    state = ingest(source="test-ingest-sftp", rossum="test-rossum", rules=rules,
-                   options=IngestOptions(ledger_path=str(tmp_path / "ingest.db"), min_age_s=0,
-                                         batch_size=3),
-                   return_state=True)
+    state = ingest(
+        source="test-ingest-sftp",
+        rossum="test-rossum",
+        rules=rules,
+        options=IngestOptions(ledger_path=str(tmp_path / "ingest.db"), min_age_s=0, batch_size=3),
+        return_state=True,
+    )
     summary = state.result()
     assert (summary["uploaded"], summary["failed"], summary["processed"]) == (7, 2, 9)
     assert summary["reasons"] == {"failed: type_mismatch": 1, "failed: empty_file": 1}
@@ -94,8 +117,12 @@ def test_ingest_flow_sftp_with_saved_blocks_and_artifacts(
 
 
 def test_ingest_flow_s3_then_status_flow_flags_stuck(
-    prefect_harness: None, s3_server: S3Server, s3_bucket: Any, sandbox: SandboxServer,
-    sandbox_client: httpx.Client, tmp_path: Path,
+    prefect_harness: None,
+    s3_server: S3Server,
+    s3_bucket: Any,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
+    tmp_path: Path,
 ) -> None:
     from flows.ingest import ingest, ingest_status
 
@@ -105,8 +132,9 @@ def test_ingest_flow_s3_then_status_flow_flags_stuck(
     sandbox.settings(extraction_delay_s=60)  # documents stay 'importing'
     ledger = str(tmp_path / "ingest.db")
     summary = ingest(
-        source=IngestSource(s3_bucket=s3_bucket, directory="drop",
-                            rules=[{"pattern": "*.pdf", "queue_id": 2}]),
+        source=IngestSource(
+            s3_bucket=s3_bucket, directory="drop", rules=[{"pattern": "*.pdf", "queue_id": 2}]
+        ),
         rossum=rossum_block(sandbox),
         options=IngestOptions(ledger_path=ledger, min_age_s=0),
     )
@@ -114,8 +142,9 @@ def test_ingest_flow_s3_then_status_flow_flags_stuck(
     ids = sorted(a["id"] for a in sandbox_annotations(sandbox_client))
     sandbox.force_status(ids[0], "failed_import")
     sandbox.force_status(ids[1], "to_review")
-    status = ingest_status(rossum=rossum_block(sandbox), ledger_path=ledger,
-                           importing_stuck_after_min=0)
+    status = ingest_status(
+        rossum=rossum_block(sandbox), ledger_path=ledger, importing_stuck_after_min=0
+    )
     assert status["checked"] == 3 and status["requests"] == 1  # one batched look-up
     assert status["statuses"] == {"failed_import": 1, "to_review": 1, "importing": 1}
     stuck = {row["annotation"]: row for row in status["stuck_documents"]}
@@ -135,8 +164,12 @@ def test_status_tracking_batches_ids(sandbox: SandboxServer, count: int) -> None
     sandbox.force_status(ids[5], "failed_export")
 
     async def run() -> Any:
-        async with RossumClient(sandbox.api_url, username=sandbox.username,
-                                password=sandbox.password, rate_limit_per_s=None) as client:
+        async with RossumClient(
+            sandbox.api_url,
+            username=sandbox.username,
+            password=sandbox.password,
+            rate_limit_per_s=None,
+        ) as client:
             await client.login()
             return await track_status(client, [*ids, 999_999], importing_stuck_after_s=60)
 

@@ -32,8 +32,11 @@ def uploads_posted(sandbox: SandboxServer) -> int:
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun(
-    prefect_harness: None, sftp_server: SftpServerInfo, sandbox: SandboxServer,
-    sandbox_client: httpx.Client, tmp_path: Path,
+    prefect_harness: None,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
+    tmp_path: Path,
 ) -> None:
     from prefect.settings import PREFECT_API_URL
 
@@ -44,21 +47,45 @@ def test_sigkill_mid_run_then_rerun(
         put(inbox, f"doc {i:03d}.pdf", pdf(i, size=4000))
     put(inbox, "copy of doc 000.pdf", pdf(0, size=4000))  # a duplicate too
     # Slow Rossum down so the kill lands in the middle of the run.
-    sandbox.set_faults([{"method": "POST", "path": "/api/v1/uploads", "kind": "latency",
-                         "latency_s": 0.03}])
-    sftp = {"host": sftp_server.host, "port": sftp_server.port,
-            "username": sftp_server.username, "password": sftp_server.password,
-            "known_hosts": sftp_server.known_hosts}
-    rossum = {"base_url": sandbox.api_url, "username": sandbox.username,
-              "password": sandbox.password, "rate_limit_per_s": None}
-    opts = {"ledger_path": str(tmp_path / "ingest.db"), "min_age_s": 0, "batch_size": 10,
-            "io_concurrency": 4, "upload_concurrency": 4, "reconcile_delay_s": 0.05}
-    config = {"sftp": sftp, "rossum": rossum, "directory": "/inbox", "options": opts,
-              "rules": [{"pattern": "*.pdf", "queue_id": 1}]}
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-           "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-m", "tests.ingest.flow_child", json.dumps(config)],
-                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sandbox.set_faults(
+        [{"method": "POST", "path": "/api/v1/uploads", "kind": "latency", "latency_s": 0.03}]
+    )
+    sftp = {
+        "host": sftp_server.host,
+        "port": sftp_server.port,
+        "username": sftp_server.username,
+        "password": sftp_server.password,
+        "known_hosts": sftp_server.known_hosts,
+    }
+    rossum = {
+        "base_url": sandbox.api_url,
+        "username": sandbox.username,
+        "password": sandbox.password,
+        "rate_limit_per_s": None,
+    }
+    opts = {
+        "ledger_path": str(tmp_path / "ingest.db"),
+        "min_age_s": 0,
+        "batch_size": 10,
+        "io_concurrency": 4,
+        "upload_concurrency": 4,
+        "reconcile_delay_s": 0.05,
+    }
+    config = {
+        "sftp": sftp,
+        "rossum": rossum,
+        "directory": "/inbox",
+        "options": opts,
+        "rules": [{"pattern": "*.pdf", "queue_id": 1}],
+    }
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.ingest.flow_child", json.dumps(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 90
         while uploads_posted(sandbox) < N // 3:
@@ -78,8 +105,9 @@ def test_sigkill_mid_run_then_rerun(
     sandbox.clear_faults()
 
     summary = ingest(
-        source=IngestSource(sftp_server=SftpBlock(**sftp), directory="/inbox",
-                            rules=config["rules"]),
+        source=IngestSource(
+            sftp_server=SftpBlock(**sftp), directory="/inbox", rules=config["rules"]
+        ),
         rossum=RossumCredentials(**rossum),
         options=IngestOptions(**opts),
     )

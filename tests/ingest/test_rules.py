@@ -94,7 +94,11 @@ def test_relative_path_rules_and_recursion() -> None:
         {"queue_id": 1},  # no condition at all
         {"pattern": "*", "queue_id": "x"},
         {"file_match_regex": "([", "queue_id": 1},
-        {"pattern": "*", "queue_id": 1, "result_actions": {"success": [{"type": "copy", "path": "/x"}]}},
+        {
+            "pattern": "*",
+            "queue_id": 1,
+            "result_actions": {"success": [{"type": "copy", "path": "/x"}]},
+        },
     ],
 )
 def test_invalid_rules_are_refused(bad: dict) -> None:  # type: ignore[type-arg]

@@ -50,7 +50,10 @@ def put(client: Any, bucket: str, key: str, data: bytes) -> None:
 
 
 def test_s3_routing_bad_input_dedupe_and_archive(
-    s3_server: S3Server, s3_bucket: Any, sandbox: SandboxServer, sandbox_client: httpx.Client,
+    s3_server: S3Server,
+    s3_bucket: Any,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     s3, name = s3_server.boto3_client(), s3_bucket.bucket_name
@@ -71,37 +74,53 @@ def test_s3_routing_bad_input_dedupe_and_archive(
     rows = {r["file"]: r for r in report.table()}
     # Same content twice: whichever got there first is uploaded, the other is a duplicate.
     assert sorted([rows["invoices/a.pdf"]["outcome"], rows["invoices/copy.pdf"]["outcome"]]) == [
-        DUPLICATE, UPLOADED]
+        DUPLICATE,
+        UPLOADED,
+    ]
     assert rows["receipts/r.png"]["outcome"] == UPLOADED
     assert (rows["invoices/zero.pdf"]["outcome"], rows["invoices/zero.pdf"]["reason"]) == (
-        FAILED, E.EMPTY)
+        FAILED,
+        E.EMPTY,
+    )
     assert rows["invoices/lies.pdf"]["reason"] == E.TYPE_MISMATCH
     assert rows["invoices/../../evil.pdf"]["reason"] == E.UNSAFE_NAME
-    assert keys(s3, name) == sorted([
-        f"inbox/archive/{TODAY}/invoices/a.pdf",
-        f"inbox/archive/{TODAY}/invoices/copy.pdf",
-        f"inbox/archive/{TODAY}/invoices/faktura č 1.pdf",
-        f"inbox/archive/{TODAY}/receipts/r.png",
-        "inbox/failed/invoices/zero.pdf",
-        "inbox/failed/invoices/zero.pdf.error.json",
-        "inbox/failed/invoices/lies.pdf",
-        "inbox/failed/invoices/lies.pdf.error.json",
-        "inbox/failed/invoices/__/__/evil.pdf",  # kept inside failed/, never above it
-        "inbox/failed/invoices/__/__/evil.pdf.error.json",
-        "outside/x.pdf",
-    ])
-    sidecar = json.loads(s3.get_object(
-        Bucket=name, Key="inbox/failed/invoices/lies.pdf.error.json")["Body"].read())
+    assert keys(s3, name) == sorted(
+        [
+            f"inbox/archive/{TODAY}/invoices/a.pdf",
+            f"inbox/archive/{TODAY}/invoices/copy.pdf",
+            f"inbox/archive/{TODAY}/invoices/faktura č 1.pdf",
+            f"inbox/archive/{TODAY}/receipts/r.png",
+            "inbox/failed/invoices/zero.pdf",
+            "inbox/failed/invoices/zero.pdf.error.json",
+            "inbox/failed/invoices/lies.pdf",
+            "inbox/failed/invoices/lies.pdf.error.json",
+            "inbox/failed/invoices/__/__/evil.pdf",  # kept inside failed/, never above it
+            "inbox/failed/invoices/__/__/evil.pdf.error.json",
+            "outside/x.pdf",
+        ]
+    )
+    sidecar = json.loads(
+        s3.get_object(Bucket=name, Key="inbox/failed/invoices/lies.pdf.error.json")["Body"].read()
+    )
     assert sidecar["reason"] == E.TYPE_MISMATCH and sidecar["source"].startswith("s3://")
     assert uploads_by_sha(sandbox_client) == {
-        sha(pdf("a")): 1, sha(pdf("b")): 1, sha(PNG_HEAD + b"r"): 1}
-    meta = next(a["metadata"] for a in sandbox_annotations(sandbox_client)
-                if a["metadata"]["sha256"] == sha(pdf("b")))
+        sha(pdf("a")): 1,
+        sha(pdf("b")): 1,
+        sha(PNG_HEAD + b"r"): 1,
+    }
+    meta = next(
+        a["metadata"]
+        for a in sandbox_annotations(sandbox_client)
+        if a["metadata"]["sha256"] == sha(pdf("b"))
+    )
     assert meta["source_uri"] == f"s3://{name}/inbox/invoices/faktura č 1.pdf"
 
 
 def test_s3_claims_are_exclusive_and_stale_ones_taken_over(
-    s3_server: S3Server, s3_bucket: Any, sandbox: SandboxServer, sandbox_client: httpx.Client,
+    s3_server: S3Server,
+    s3_bucket: Any,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     s3, name = s3_server.boto3_client(), s3_bucket.bucket_name
@@ -112,19 +131,20 @@ def test_s3_claims_are_exclusive_and_stale_ones_taken_over(
     def source() -> S3Source:
         return S3Source(s3_bucket, SourceLayout(directory="drop"))
 
-    first = IngestRuntime(source(), rules, client_factory(sandbox), options(tmp_path),
-                          run_id="first")
+    first = IngestRuntime(
+        source(), rules, client_factory(sandbox), options(tmp_path), run_id="first"
+    )
     mine = claim(first, list(discover(first)))
     assert all(i.claimed for i in mine)
-    with IngestRuntime(source(), rules, client_factory(sandbox), options(tmp_path),
-                       run_id="second") as second:
+    with IngestRuntime(
+        source(), rules, client_factory(sandbox), options(tmp_path), run_id="second"
+    ) as second:
         theirs = claim(second, list(discover(second)))
         assert [i.outcome for i in theirs] == [SKIPPED] * 5  # the first run holds them
     # The first run ends without processing them (as if it crashed and then finished):
     # its locks are stale now and the next run takes them over.
     first.close()
-    report = run_ingest(source(), rules, client_factory(sandbox), options(tmp_path),
-                        run_id="third")
+    report = run_ingest(source(), rules, client_factory(sandbox), options(tmp_path), run_id="third")
     assert report.counts[UPLOADED] == 5
     assert len(sandbox_annotations(sandbox_client)) == 5
     left = keys(s3, name)
@@ -144,8 +164,12 @@ def test_s3_bucket_folder_and_lock_of_vanished_file(
     put(s3, bucket.bucket_name, "tenant-a/in/b.pdf", pdf("b"))
     put(s3, bucket.bucket_name, "tenant-b/in/c.pdf", pdf("c"))
     rules = [{"pattern": "*.pdf", "queue_id": 1}]
-    with IngestRuntime(S3Source(bucket, SourceLayout(directory="in")), rules,
-                       client_factory(sandbox), options(tmp_path)) as rt:
+    with IngestRuntime(
+        S3Source(bucket, SourceLayout(directory="in")),
+        rules,
+        client_factory(sandbox),
+        options(tmp_path),
+    ) as rt:
         items = claim(rt, list(discover(rt)))
         s3.delete_object(Bucket=bucket.bucket_name, Key="tenant-a/in/b.pdf")
         done = process_batch(rt, items)

@@ -55,7 +55,9 @@ def by_file(report) -> dict[str, dict]:  # type: ignore[no-untyped-def,type-arg]
 
 
 def test_routing_metadata_values_and_archive(
-    sftp_server: SftpServerInfo, sandbox: SandboxServer, sandbox_client: httpx.Client,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     inbox = sftp_server.root / "inbox"
@@ -64,19 +66,25 @@ def test_routing_metadata_values_and_archive(
     put(inbox, "receipts/2024/r.png", PNG_HEAD + b"receipt")
     put(inbox, "notes/readme.md", b"# not routed")
     rules = [
-        {"name": "invoices", "pattern": "invoices/*.pdf", "queue_id": 1,
-         "metadata": {"channel": "sftp"}, "values": {"upload:organization_unit": "Sales"}},
+        {
+            "name": "invoices",
+            "pattern": "invoices/*.pdf",
+            "queue_id": 1,
+            "metadata": {"channel": "sftp"},
+            "values": {"upload:organization_unit": "Sales"},
+        },
         {"name": "receipts", "pattern": "receipts/**", "queue_id": 2},
     ]
-    report = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox),
-                        options(tmp_path))
+    report = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
     assert report.counts[UPLOADED] == 3 and report.unrouted == 1
-    assert tree(sftp_server.root) == sorted([
-        f"inbox/archive/{TODAY}/invoices/a.pdf",
-        f"inbox/archive/{TODAY}/invoices/faktura č. 2 🎁.pdf",
-        f"inbox/archive/{TODAY}/receipts/2024/r.png",
-        "inbox/notes/readme.md",
-    ])
+    assert tree(sftp_server.root) == sorted(
+        [
+            f"inbox/archive/{TODAY}/invoices/a.pdf",
+            f"inbox/archive/{TODAY}/invoices/faktura č. 2 🎁.pdf",
+            f"inbox/archive/{TODAY}/receipts/2024/r.png",
+            "inbox/notes/readme.md",
+        ]
+    )
     anns = {a["id"]: a for a in sandbox_annotations(sandbox_client)}
     rows = by_file(report)
     invoice = anns[int(rows["invoices/faktura č. 2 🎁.pdf"]["annotation"])]
@@ -95,7 +103,9 @@ def test_routing_metadata_values_and_archive(
 
 
 def test_rossum_import_rules_verbatim(
-    sftp_server: SftpServerInfo, sandbox: SandboxServer, sandbox_client: httpx.Client,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     root = sftp_server.root
@@ -119,23 +129,31 @@ def test_rossum_import_rules_verbatim(
             {"path": "/inbox/receipts", "queue_id": 2, "file_match_regex": "^rcpt-.*\\.png$"},
         ]
     }
-    report = run_ingest(sftp_source(sftp_server), config, client_factory(sandbox),
-                        options(tmp_path, accepted_types=["pdf", "png"]))
+    report = run_ingest(
+        sftp_source(sftp_server),
+        config,
+        client_factory(sandbox),
+        options(tmp_path, accepted_types=["pdf", "png"]),
+    )
     assert report.counts[UPLOADED] == 2 and report.counts[FAILED] == 1
-    assert tree(root) == sorted([
-        "elsewhere/z.pdf",
-        f"inbox/archive/{TODAY}/receipts/rcpt-1.png",
-        f"inbox/done/{TODAY}/a.pdf",
-        "inbox/error/bad.pdf",
-        "inbox/error/bad.pdf.error.json",
-        "inbox/invoices/a.txt",
-        "inbox/invoices/old/x.pdf",
-    ])
+    assert tree(root) == sorted(
+        [
+            "elsewhere/z.pdf",
+            f"inbox/archive/{TODAY}/receipts/rcpt-1.png",
+            f"inbox/done/{TODAY}/a.pdf",
+            "inbox/error/bad.pdf",
+            "inbox/error/bad.pdf.error.json",
+            "inbox/invoices/a.txt",
+            "inbox/invoices/old/x.pdf",
+        ]
+    )
     assert len(sandbox_annotations(sandbox_client)) == 2
 
 
 def test_dedupe_same_content_other_name_and_rerun(
-    sftp_server: SftpServerInfo, sandbox: SandboxServer, sandbox_client: httpx.Client,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     inbox = sftp_server.root / "inbox"
@@ -149,22 +167,27 @@ def test_dedupe_same_content_other_name_and_rerun(
     assert uploads_by_sha(sandbox_client) == {sha(pdf("same")): 1, sha(pdf("other")): 1}
     # The same content dropped again later, under yet another name: not sent again.
     put(inbox, "again.pdf", pdf("same"))
-    second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox),
-                        options(tmp_path))
+    second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
     assert second.counts[DUPLICATE] == 1 and second.uploads_sent == 0
     row = by_file(second)["again.pdf"]
     assert row["reason"] == "duplicate_content" and row["annotation"]
     # Another queue is another destination: uploaded there once.
     put(inbox, "third.pdf", pdf("same"))
-    third = run_ingest(sftp_source(sftp_server), [{"pattern": "*.pdf", "queue_id": 2}],
-                       client_factory(sandbox), options(tmp_path))
+    third = run_ingest(
+        sftp_source(sftp_server),
+        [{"pattern": "*.pdf", "queue_id": 2}],
+        client_factory(sandbox),
+        options(tmp_path),
+    )
     assert third.counts[UPLOADED] == 1
     assert uploads_by_sha(sandbox_client)[sha(pdf("same"))] == 2
     assert len(list((inbox / "archive").rglob("*.pdf"))) == 5
 
 
 def test_every_bad_input_ends_in_failed_with_reason(
-    sftp_server: SftpServerInfo, sandbox: SandboxServer, sandbox_client: httpx.Client,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     root = sftp_server.root
@@ -182,8 +205,12 @@ def test_every_bad_input_ends_in_failed_with_reason(
     os.symlink(root / "secret" / "hidden.pdf", inbox / "link-outside.pdf")  # unreadable
     os.symlink("loop.pdf", inbox / "loop.pdf")  # a link to itself: cannot be read
     os.symlink("/etc/hostname", inbox / "link-host.pdf")  # outside the root: cannot be moved
-    report = run_ingest(sftp_source(sftp_server), [{"pattern": "*", "queue_id": 1}],
-                        client_factory(sandbox), options(tmp_path, max_file_bytes=4000))
+    report = run_ingest(
+        sftp_source(sftp_server),
+        [{"pattern": "*", "queue_id": 1}],
+        client_factory(sandbox),
+        options(tmp_path, max_file_bytes=4000),
+    )
     rows = by_file(report)
     expected = {
         "zero.pdf": E.EMPTY,
@@ -205,7 +232,9 @@ def test_every_bad_input_ends_in_failed_with_reason(
         assert target.parent == inbox / "failed"
     # Not even movable: reported with a sidecar, left in place, not reported again.
     assert (rows["link-host.pdf"]["outcome"], rows["link-host.pdf"]["reason"]) == (
-        FAILED, E.UNREADABLE)
+        FAILED,
+        E.UNREADABLE,
+    )
     assert (inbox / "failed/link-host.pdf.error.json").exists()
     assert rows["good.pdf"]["outcome"] == UPLOADED
     assert rows["with space ünïcödé.pdf"]["outcome"] == UPLOADED
@@ -213,11 +242,14 @@ def test_every_bad_input_ends_in_failed_with_reason(
     assert rows["link-outside.pdf"]["outcome"] == UPLOADED
     assert report.counts[UPLOADED] == 3 and report.counts[FAILED] == 8
     assert len(sandbox_annotations(sandbox_client)) == 3
-    assert [p.name for p in inbox.iterdir() if p.is_file() or p.is_symlink()] == [
-        "link-host.pdf"]
+    assert [p.name for p in inbox.iterdir() if p.is_file() or p.is_symlink()] == ["link-host.pdf"]
     assert "Files that need attention" in report.markdown()
-    again = run_ingest(sftp_source(sftp_server), [{"pattern": "*", "queue_id": 1}],
-                       client_factory(sandbox), options(tmp_path, max_file_bytes=4000))
+    again = run_ingest(
+        sftp_source(sftp_server),
+        [{"pattern": "*", "queue_id": 1}],
+        client_factory(sandbox),
+        options(tmp_path, max_file_bytes=4000),
+    )
     assert again.counts[SKIPPED] == 1 and again.counts[FAILED] == 0
 
 
@@ -228,8 +260,9 @@ def test_file_disappearing_mid_run(
     for name in ("stays.pdf", "gone-before-claim.pdf", "gone-after-claim.pdf"):
         put(inbox, name, pdf(name))
     source = sftp_source(sftp_server)
-    with IngestRuntime(source, [{"pattern": "*.pdf", "queue_id": 1}],
-                       client_factory(sandbox), options(tmp_path)) as rt:
+    with IngestRuntime(
+        source, [{"pattern": "*.pdf", "queue_id": 1}], client_factory(sandbox), options(tmp_path)
+    ) as rt:
         items = list(discover(rt))
         assert len(items) == 3
         (inbox / "gone-before-claim.pdf").unlink()
@@ -247,16 +280,23 @@ def test_file_disappearing_mid_run(
 
 
 def test_rossum_4xx_fails_only_that_file(
-    sftp_server: SftpServerInfo, sandbox: SandboxServer, sandbox_client: httpx.Client,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     inbox = sftp_server.root / "inbox"
     for i in range(4):
         put(inbox, f"doc{i}.pdf", pdf(i))
-    sandbox.set_faults([{"method": "POST", "path": "/api/v1/uploads", "kind": "error",
-                         "status": 400, "times": 1}])
-    report = run_ingest(sftp_source(sftp_server), [{"pattern": "*.pdf", "queue_id": 1}],
-                        client_factory(sandbox), options(tmp_path, upload_concurrency=1))
+    sandbox.set_faults(
+        [{"method": "POST", "path": "/api/v1/uploads", "kind": "error", "status": 400, "times": 1}]
+    )
+    report = run_ingest(
+        sftp_source(sftp_server),
+        [{"pattern": "*.pdf", "queue_id": 1}],
+        client_factory(sandbox),
+        options(tmp_path, upload_concurrency=1),
+    )
     assert report.counts[UPLOADED] == 3 and report.counts[FAILED] == 1
     failed = next(r for r in report.table() if r["outcome"] == FAILED)
     assert failed["reason"] == E.REJECTED and failed["step"] == "upload"
@@ -272,8 +312,12 @@ def test_rossum_import_task_failure(
     sftp_server: SftpServerInfo, sandbox: SandboxServer, tmp_path: Path
 ) -> None:
     put(sftp_server.root / "inbox", "SANDBOX_FAIL_UPLOAD.pdf", pdf("f"))
-    report = run_ingest(sftp_source(sftp_server), [{"pattern": "*.pdf", "queue_id": 1}],
-                        client_factory(sandbox), options(tmp_path))
+    report = run_ingest(
+        sftp_source(sftp_server),
+        [{"pattern": "*.pdf", "queue_id": 1}],
+        client_factory(sandbox),
+        options(tmp_path),
+    )
     row = report.table()[0]
     assert (row["outcome"], row["reason"], row["step"]) == (FAILED, E.IMPORT_FAILED, "wait")
 
@@ -289,15 +333,22 @@ def test_rossum_import_task_failure(
     ids=lambda f: f["kind"],
 )
 def test_transient_rossum_errors_never_duplicate(
-    fault: dict, sftp_server: SftpServerInfo, sandbox: SandboxServer,  # type: ignore[type-arg]
-    sandbox_client: httpx.Client, tmp_path: Path,
+    fault: dict,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,  # type: ignore[type-arg]
+    sandbox_client: httpx.Client,
+    tmp_path: Path,
 ) -> None:
     inbox = sftp_server.root / "inbox"
     for i in range(3):
         put(inbox, f"doc{i}.pdf", pdf(i))
     sandbox.set_faults([{"method": "POST", "path": "/api/v1/uploads", "times": 2, **fault}])
-    report = run_ingest(sftp_source(sftp_server), [{"pattern": "*.pdf", "queue_id": 1}],
-                        client_factory(sandbox), options(tmp_path, upload_concurrency=1))
+    report = run_ingest(
+        sftp_source(sftp_server),
+        [{"pattern": "*.pdf", "queue_id": 1}],
+        client_factory(sandbox),
+        options(tmp_path, upload_concurrency=1),
+    )
     assert report.counts[UPLOADED] == 3, report.table()
     assert uploads_by_sha(sandbox_client) == {sha(pdf(i)): 1 for i in range(3)}
     if fault["kind"] == "drop_after":
@@ -318,8 +369,12 @@ def test_sftp_disconnect_between_steps(
             server._loop.call_soon_threadsafe(conn.abort)
         time.sleep(0.2)
 
-    with IngestRuntime(sftp_source(sftp_server), [{"pattern": "*.pdf", "queue_id": 1}],
-                       client_factory(sandbox), options(tmp_path, io_concurrency=2)) as rt:
+    with IngestRuntime(
+        sftp_source(sftp_server),
+        [{"pattern": "*.pdf", "queue_id": 1}],
+        client_factory(sandbox),
+        options(tmp_path, io_concurrency=2),
+    ) as rt:
         items = claim(rt, list(discover(rt)))
         drop_all()
         items = upload(rt, validate(rt, items))
@@ -330,21 +385,26 @@ def test_sftp_disconnect_between_steps(
 
 
 def test_deadline_defers_and_next_run_resumes_without_reupload(
-    sftp_server: SftpServerInfo, sandbox: SandboxServer, sandbox_client: httpx.Client,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
     tmp_path: Path,
 ) -> None:
     inbox = sftp_server.root / "inbox"
     put(inbox, "slow.pdf", pdf("slow"))
     sandbox.settings(upload_task_delay_s=1.5)
     rules = [{"pattern": "*.pdf", "queue_id": 1}]
-    first = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox),
-                       options(tmp_path, task_deadline_s=0.3))
+    first = run_ingest(
+        sftp_source(sftp_server),
+        rules,
+        client_factory(sandbox),
+        options(tmp_path, task_deadline_s=0.3),
+    )
     assert first.counts[DEFERRED] == 1 and first.problems[0]["reason"] == "task_deadline"
     claimed = [p for p in (inbox / "processing").rglob("*.pdf")]
     assert len(claimed) == 1  # still claimed by the (finished) first run
     time.sleep(1.3)
-    second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox),
-                        options(tmp_path))
+    second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
     assert second.recovered == 1 and second.counts[UPLOADED] == 1
     assert second.uploads_sent == 0
     assert len(sandbox_annotations(sandbox_client)) == 1
@@ -357,8 +417,11 @@ class _Crash(Exception):
 
 
 def test_crash_after_upload_before_ledger_is_reconciled(
-    sftp_server: SftpServerInfo, sandbox: SandboxServer, sandbox_client: httpx.Client,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The upload reached Rossum but the run died before recording it: the rerun finds the
     document by name + sha256 instead of uploading it again."""
@@ -373,15 +436,13 @@ def test_crash_after_upload_before_ledger_is_reconciled(
         return real_finish(self, key, ok=ok, result=result)
 
     monkeypatch.setattr(Ledger, "finish", crashing_finish)
-    first = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox),
-                       options(tmp_path))
+    first = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
     assert first.counts[DEFERRED] == 1
     assert len(sandbox_annotations(sandbox_client)) == 1
     ledger = Ledger(tmp_path / "ingest.db")
     assert [e.state for e in ledger.in_state(KIND, "started")] == ["started"]
     monkeypatch.setattr(Ledger, "finish", real_finish)
-    second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox),
-                        options(tmp_path))
+    second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
     assert second.counts[UPLOADED] == 1 and second.uploads_sent == 0 and second.reconciled == 1
     assert len(sandbox_annotations(sandbox_client)) == 1
     assert ledger.in_state(KIND, "started") == []
@@ -389,8 +450,11 @@ def test_crash_after_upload_before_ledger_is_reconciled(
 
 
 def test_crash_between_upload_and_archive_is_not_reuploaded(
-    sftp_server: SftpServerInfo, sandbox: SandboxServer, sandbox_client: httpx.Client,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from rossflow.ingest.sources import SftpSource
 
@@ -403,11 +467,11 @@ def test_crash_between_upload_and_archive_is_not_reuploaded(
 
     with monkeypatch.context() as patch:
         patch.setattr(SftpSource, "archive", broken_archive)
-        first = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox),
-                           options(tmp_path))
+        first = run_ingest(
+            sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path)
+        )
     assert first.counts[UPLOADED] == 1 and "not moved yet" in first.rows[0]["message"]
-    second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox),
-                        options(tmp_path))
+    second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
     assert second.recovered == 1 and second.counts[UPLOADED] == 1 and second.uploads_sent == 0
     assert len(sandbox_annotations(sandbox_client)) == 1
     assert (inbox / f"archive/{TODAY}/a.pdf").exists()
@@ -424,9 +488,30 @@ def test_stale_claims_recovered_live_ones_left_alone(
     put(processing / "live-run", OWNER_FILE, live.to_json().encode())
     put(processing / "live-run", "b.pdf", pdf("b"))
     put(processing / "no-owner", "c.pdf", pdf("c"))  # no owner file and recent: left alone
-    report = run_ingest(sftp_source(sftp_server, recursive=True),
-                        [{"pattern": "**/*.pdf", "queue_id": 1}],
-                        client_factory(sandbox), options(tmp_path))
+    report = run_ingest(
+        sftp_source(sftp_server, recursive=True),
+        [{"pattern": "**/*.pdf", "queue_id": 1}],
+        client_factory(sandbox),
+        options(tmp_path),
+    )
     assert report.recovered == 1 and report.counts[UPLOADED] == 1
     assert (sftp_server.root / f"inbox/archive/{TODAY}/sub/a.pdf").exists()
     assert sorted(p.name for p in processing.iterdir()) == ["live-run", "no-owner"]
+
+
+def test_recovered_file_no_rule_matches_goes_back_to_the_inbox(
+    sftp_server: SftpServerInfo, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    processing = sftp_server.root / "inbox" / "processing"
+    dead = RunOwner.current("old-run").finished()
+    put(processing / "old-run", OWNER_FILE, dead.to_json().encode())
+    put(processing / "old-run", "notes/a.txt", b"claimed under rules that changed since")
+    report = run_ingest(
+        sftp_source(sftp_server),
+        [{"pattern": "*.pdf", "queue_id": 1}],
+        client_factory(sandbox),
+        options(tmp_path),
+    )
+    assert report.recovered == 1 and report.counts[SKIPPED] == 1
+    assert (sftp_server.root / "inbox/notes/a.txt").exists()
+    assert not [p for p in processing.rglob("*") if p.is_file()]

@@ -14,8 +14,12 @@ from rossflow.ingest.state import owner_is_stale
 
 def dead_owner(run_id: str = "dead") -> RunOwner:
     """An owner whose process has exited."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     owner = RunOwner.current(run_id)
     return replace(owner, pid=int(proc.stdout), proc_started=1.0)
 
