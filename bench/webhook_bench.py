@@ -211,7 +211,7 @@ def breakdown(
     return out
 
 
-def settle_runs(quiet_s: float = 5.0, timeout: float = 120.0) -> None:
+def settle_runs(quiet_s: float = 15.0, timeout: float = 180.0) -> None:
     """Wait until every flow run is final and no new one appeared for ``quiet_s`` (a loaded
     Prefect server creates triggered runs late; count them in the scenario that caused them)."""
     api = os.environ["PREFECT_API_URL"]
