@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,11 +27,20 @@ class SqliteStore:
             self.path, timeout=30, isolation_level=None, check_same_thread=False
         )
         self._lock = threading.RLock()
-        with self._lock:
-            if self.path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(self.schema)
+        # Two processes or threads opening a new file at once: switching it to WAL can answer
+        # "database is locked" at once instead of waiting on the busy timeout. Retry briefly.
+        for attempt in range(50):
+            try:
+                with self._lock:
+                    if self.path != ":memory:":
+                        self._conn.execute("PRAGMA journal_mode=WAL")
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
+                    self._conn.executescript(self.schema)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.1)
 
     def close(self) -> None:
         with self._lock:
