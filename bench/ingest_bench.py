@@ -436,7 +436,11 @@ def row(name: str, r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ingest_bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ingest_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--files", type=int, default=1000, help="files per throughput run")
     parser.add_argument(
         "--rss-files", type=int, default=5000, help="files for the RSS-vs-count run (0: skip)"
