@@ -192,7 +192,7 @@ async def _export_queue(
                 items = await client.export(queue_id, ids=chunk)
                 yield [i for i in items if i.get("status") not in ("exported", "exporting")]
         else:
-            async for page in client.export_pages(queue_id, page_size=batch_size):
+            async for page in client.export_pages(queue_id, page_size=batch_size, total=total):
                 yield page
 
     outcomes: list[BaseException | None] = []

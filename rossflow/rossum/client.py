@@ -800,6 +800,7 @@ class RossumClient:
         *,
         status: str = "confirmed",
         page_size: int = MAX_PAGE_SIZE,
+        total: int | None = None,
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Yield pages of ``GET …/export?format=json&status=…`` that stay correct while the
         caller moves the yielded annotations out of ``status`` between pages.
@@ -811,7 +812,8 @@ class RossumClient:
         mutates), at one extra request per run.
         """
         page_size = max(1, min(page_size, MAX_PAGE_SIZE))
-        total = await self.count_annotations(queue_id, status)
+        if total is None:
+            total = await self.count_annotations(queue_id, status)
         seen: set[int] = set()
         for page in range(math.ceil(total / page_size), 0, -1):
             try:
