@@ -26,7 +26,7 @@ from pydantic import Field
 from blocks.rossum import RossumCredentials
 from blocks.sources import IngestSource
 from rossflow.ingest.model import IngestOptions
-from rossflow.ingest.pipeline import IngestRuntime, batched
+from rossflow.ingest.pipeline import IngestRuntime
 from rossflow.ingest.rules import RoutingRule
 from tasks.ingest import (
     Batch,
@@ -89,12 +89,20 @@ def ingest(
         alive_check=prefect_run_alive if flow_run.id else None,
     )
     try:
-        recovered = recover_claims(runtime).items
-        pending = [item for item in recovered if not item.final]
-        runtime.report.add([item for item in recovered if item.final])
-        listed = list_files(runtime, [item.origin for item in pending]).items
-        in_flight: deque[PrefectFuture[Batch]] = deque()
-        for batch in batched([*pending, *listed], options.batch_size):
+        recovered = recover_claims(runtime)
+        pending = [item for item in recovered.items if not item.final]
+        runtime.report.add([item for item in recovered.items if item.final])
+        listed = list_files(runtime, [item.origin for item in pending])
+        todo = deque([*pending, *listed.items])
+        # Prefect keeps task results until the flow ends: empty them so that each file's record
+        # lives only as long as its batch (memory must not grow with the number of files).
+        recovered.items.clear()
+        listed.items.clear()
+        del pending
+        in_flight: deque[PrefectFuture[int]] = deque()
+        while todo:
+            # Popped from the queue: a batch's records live only as long as its tasks.
+            batch = [todo.popleft() for _ in range(min(options.batch_size, len(todo)))]
             while len(in_flight) >= options.batches_in_flight:
                 in_flight.popleft().wait()
             claimed = claim_files.submit(runtime, Batch(batch))

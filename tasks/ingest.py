@@ -85,9 +85,14 @@ def wait_for_imports(rt: IngestRuntime, batch: Batch) -> Batch:
 
 
 @task(name="ingest-finalize", **_opts)
-def finalize_files(rt: IngestRuntime, batch: Batch) -> Batch:
-    """Archive (dated) or move to failed/ with <name>.error.json; deferred files stay claimed."""
-    return Batch(pipeline.finalize(rt, batch.items))
+def finalize_files(rt: IngestRuntime, batch: Batch) -> int:
+    """Archive (dated) or move to failed/ with <name>.error.json; deferred files stay claimed.
+
+    The outcomes are in the run report; the batch's records are dropped here (Prefect keeps
+    every task result until the flow ends, and memory must not grow with the file count)."""
+    done = len(pipeline.finalize(rt, batch.items))
+    batch.items.clear()
+    return done
 
 
 @task(name="ingest-report", **_opts)

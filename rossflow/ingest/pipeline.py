@@ -363,7 +363,8 @@ def claim(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
             item.skip("claim_failed", E.describe(exc), step="claim")
         return item
 
-    return rt.map_io(one, items)
+    items[:] = rt.map_io(one, items)  # in place: every step hands on the same list
+    return items
 
 
 def validate(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
@@ -514,7 +515,7 @@ def sidecar(rt: IngestRuntime, item: FileItem) -> bytes:
         "rule": item.rule,
         "size": item.size,
         "sha256": item.sha256,
-        "detected_type": item.file_type,
+        "declared_type": item.file_type,
         "run_id": rt.run_id,
     }
     return json.dumps(body, indent=2, ensure_ascii=False).encode()

@@ -396,32 +396,37 @@ class SftpSource(Source):
         return self.session()._run(f"lstat {path}", op)
 
     def _rename_free(self, src: str, dest: str) -> str:
-        """Rename ``src`` to ``dest`` or ``dest-1``, ``dest-2``…; never overwrites."""
+        """Rename ``src`` to ``dest`` or ``dest-1``, ``dest-2``…; never overwrites. A rename
+        whose answer was lost (dropped connection) is verified, then retried once."""
         session = self.session()
-        self._ensure_dir(posixpath.dirname(dest))
-        for n in range(1000):
+        folder = posixpath.dirname(dest)
+        self._ensure_dir(folder)
+        n, retries = 0, 0
+        while n < 1000:
             candidate = numbered(dest, n)
             try:
                 session.rename(src, candidate)
                 return candidate
             except RemoteFileExistsError:
+                n += 1
                 continue
             except SftpConnectionError:
                 # The rename may or may not have happened: look.
-                if self._lexists(candidate) and not self._lexists(src):
-                    return candidate
                 if not self._lexists(src):
+                    if self._lexists(candidate):
+                        return candidate
                     raise FileNotFoundError(src) from None
-                continue
             except OSError as exc:
-                if E.is_missing(exc) and posixpath.dirname(dest) in self._dirs:
-                    if not self._lexists(src):
+                if not (E.is_missing(exc) and folder in self._dirs) or not self._lexists(src):
+                    if E.is_missing(exc):
                         raise FileNotFoundError(src) from exc
-                    with self._lock:  # the folder went away (another run tidied it)
-                        self._dirs.discard(posixpath.dirname(dest))
-                    self._ensure_dir(posixpath.dirname(dest))
-                    continue
-                raise
+                    raise
+                with self._lock:  # the folder went away (another run tidied it): recreate
+                    self._dirs.discard(folder)
+                self._ensure_dir(folder)
+            retries += 1
+            if retries > 2:
+                raise SftpConnectionError(f"could not move {src} to {candidate}")
         raise E.FileRejected("no_free_name", f"no free name for {dest}", step="finalize")
 
     def _write(self, path: str, data: bytes) -> None:
