@@ -88,7 +88,7 @@ def server_process(kind: str, root: Path) -> Iterator[dict[str, Any]]:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"{kind} server did not start")
-        yield json.loads(line)
+        yield {**json.loads(line), "pid": proc.pid}
     finally:
         with contextlib.suppress(Exception):
             assert proc.stdin is not None
@@ -358,9 +358,36 @@ def child(mode: str, cfg: dict[str, Any]) -> int:
     return 0
 
 
-def measure(mode: str, cfg: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """Run one child; sample its RSS with psutil while it runs."""
+def _server_cpu(pids: dict[str, int]) -> dict[str, float]:
     import psutil
+
+    out = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            out[name] = t.user + t.system
+    return out
+
+
+def _sandbox_stats(api: dict[str, Any], *, reset: bool = False) -> dict[str, Any]:
+    import httpx
+
+    method = "DELETE" if reset else "GET"
+    return dict(
+        httpx.request(
+            method, f"{api['api_url'].removesuffix('/api')}/_sandbox/stats", timeout=30
+        ).json()
+    )
+
+
+def measure(mode: str, cfg: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """Run one child; sample its RSS with psutil while it runs. Also counts the Rossum
+    requests (server side) and the CPU the sandbox and the file server used meanwhile."""
+    import psutil
+
+    servers = {"sandbox": cfg["pids"]["sandbox"], "files": cfg["pids"][cfg["source"]]}
+    _sandbox_stats(cfg["rossum"], reset=True)
+    cpu_before = _server_cpu(servers)
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.ingest_bench", "--child", mode, "--config", json.dumps(cfg)],
@@ -380,6 +407,12 @@ def measure(mode: str, cfg: dict[str, Any], env: dict[str, str]) -> dict[str, An
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} child failed:\n{err[-4000:]}")
     result = json.loads(out.strip().splitlines()[-1])
+    cpu_after = _server_cpu(servers)
+    for name in servers:
+        result[f"{name}_cpu_s"] = cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0)
+    stats = _sandbox_stats(cfg["rossum"])
+    result["rossum_requests"] = stats["total"]
+    result["rossum_routes"] = stats["requests"]
     result["peak_rss_mb"] = peak / 2**20
     result["files_per_s"] = result["files"] / result["seconds"]
     result["mb_per_s"] = result["bytes"] / 2**20 / result["seconds"]
@@ -429,9 +462,12 @@ def make_files(
 
 
 def row(name: str, r: dict[str, Any]) -> str:
+    files = max(1, r["files"])
     return (
         f"| {name} | {r['files']} | {r['seconds']:.1f} | {r['files_per_s']:.1f} | "
-        f"{r['mb_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['vmhwm_mb']:.0f} |"
+        f"{r['mb_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['vmhwm_mb']:.0f} | "
+        f"{r['rossum_requests'] / files:.2f} | {1000 * r['cpu_s'] / files:.1f} | "
+        f"{1000 * r['sandbox_cpu_s'] / files:.1f} | {1000 * r['files_cpu_s'] / files:.1f} |"
     )
 
 
@@ -494,7 +530,9 @@ def main(argv: list[str] | None = None) -> int:
                 "PREFECT_API_URL": str(PREFECT_API_URL.value()),
                 "PYTHONPATH": str(ROOT),
             }
+            pids = {"sandbox": api.pop("pid"), "sftp": sftp.pop("pid"), "s3": s3cfg.pop("pid")}
             base = {
+                "pids": pids,
                 "rossum": api,
                 "sftp": sftp,
                 "s3": s3cfg,
@@ -544,8 +582,9 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [
         "",
-        "| run | files | seconds | files/s | MB/s | peak RSS MB (psutil) | VmHWM MB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| run | files | seconds | files/s | MB/s | peak RSS MB (psutil) | VmHWM MB "
+        "| Rossum req/file | CPU ms/file | sandbox CPU ms/file | file server CPU ms/file |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [row(name, r) for name, r in results.items()]
     lines.append("")

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from rossflow.rossum.errors import safe_url
 from rossflow.rossum.policy import parse_retry_after
+from rossflow.transport import async_transport
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
@@ -435,10 +436,12 @@ async def open_rest_client(
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_keepalive_connections
     )
+    verify = endpoint.tls.ssl_context()
     async with httpx.AsyncClient(
-        verify=endpoint.tls.ssl_context(),
+        verify=verify,
         timeout=endpoint.timeouts.to_httpx(),
         limits=limits,
+        transport=async_transport(verify=verify, limits=limits),
         follow_redirects=False,
     ) as client:
         yield client

@@ -365,6 +365,12 @@ class ExportEngine:
             max_workers=self.file_concurrency, thread_name_prefix="rossflow-files"
         )
         self._sftp_pools: dict[str, _SessionPool] = {}
+        # Stored requests/replies are written off the event loop (file-system calls would
+        # otherwise stall every document in flight); two threads keep the order of writes of
+        # one document (each awaits its write) and bound the pool.
+        self._artifact_pool = ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="rossflow-artifacts"
+        )
 
     async def __aenter__(self) -> ExportEngine:
         return self
@@ -377,6 +383,7 @@ class ExportEngine:
         for pool in self._sftp_pools.values():
             await asyncio.get_running_loop().run_in_executor(self._executor, pool.close)
         self._executor.shutdown(wait=True)
+        self._artifact_pool.shutdown(wait=True)
 
     # -- batches -----------------------------------------------------------------------
 
@@ -482,13 +489,12 @@ class ExportEngine:
             return True
         if isinstance(step, TemplateStep):
             doc.ctx, files = run_template_step(step, doc.ctx)
-            for rendered in files:
-                self.artifacts.put(
-                    doc.annotation_id,
+            if files:
+                await self._store(
+                    doc,
                     step.name,
-                    rendered.key + rendered.extension,
-                    rendered.content,
-                    secrets=_secret_values(self._secrets_for(step)),
+                    [(r.key + r.extension, r.content) for r in files],
+                    _secret_values(self._secrets_for(step)),
                 )
             return True
         if isinstance(step, RestStep):
@@ -504,6 +510,15 @@ class ExportEngine:
         if isinstance(step, FileStorageStep):
             return await self._files(step, doc)
         raise StepError(f"unsupported step type {type(step).__name__}", step=step.name)
+
+    async def _store(
+        self, doc: DocState, step: str, files: list[tuple[str, bytes]], secrets: list[str]
+    ) -> None:
+        """Store rendered files / requests / replies of one document (off the event loop)."""
+        await asyncio.get_running_loop().run_in_executor(
+            self._artifact_pool,
+            lambda: self.artifacts.put_many(doc.annotation_id, step, files, secrets=secrets),
+        )
 
     def _secrets_for(self, step: Any) -> dict[str, Any]:
         merged = dict(self.secrets)
@@ -607,9 +622,7 @@ class ExportEngine:
             doc.annotation_id, f"{step.name}|{endpoint.url}", payload
         )
         secret_values = _secret_values(secrets)
-        self.artifacts.put(
-            doc.annotation_id, step.name, "request.body", _preview(req), secrets=secret_values
-        )
+        await self._store(doc, step.name, [("request.body", _preview(req))], secret_values)
         if self.dry_run:
             doc.deliveries.append(
                 {"step": step.name, "target": endpoint.display_name, "state": "dry_run"}
@@ -630,21 +643,15 @@ class ExportEngine:
             record = await self._send(step, doc, endpoint, req, key, auth, secrets)
             state = "delivered"
         doc.last_http_status = int(record["status_code"])
-        self.artifacts.put(
-            doc.annotation_id,
+        meta = {k: record.get(k) for k in ("status_code", "raw", "url", "elapsed_s")}
+        await self._store(
+            doc,
             step.name,
-            "response.json",
-            json.dumps(
-                {k: record.get(k) for k in ("status_code", "raw", "url", "elapsed_s")}, default=str
-            ).encode(),
-            secrets=secret_values,
-        )
-        self.artifacts.put(
-            doc.annotation_id,
-            step.name,
-            "response.body",
-            str(record.get("text") or "").encode(),
-            secrets=secret_values,
+            [
+                ("response.json", json.dumps(meta, default=str).encode()),
+                ("response.body", str(record.get("text") or "").encode()),
+            ],
+            secret_values,
         )
         doc.ctx, outcome = apply_response(step, doc.ctx, record, secrets=secrets)
         if state == "delivered":

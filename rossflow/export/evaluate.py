@@ -28,6 +28,7 @@ name or attribute starting with ``_`` is rejected when the condition is compiled
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import operator
 import re
@@ -422,8 +423,11 @@ class Condition:
             ) from exc
 
 
+@functools.lru_cache(maxsize=512)
 def compile_condition(text: str) -> Condition:
-    """Parse and validate ``text``; raises :class:`ConditionError` for anything not allowed."""
+    """Parse and validate ``text``; raises :class:`ConditionError` for anything not allowed.
+
+    Cached: a pipeline evaluates the same few conditions for every document."""
     if not isinstance(text, str) or not text.strip():
         raise ConditionError("condition must be a non-empty string")
     if len(text) > MAX_LENGTH:

@@ -27,6 +27,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from rossflow.transport import async_transport
+
 from .errors import (
     AuthenticationError,
     DeadlineExceededError,
@@ -146,13 +148,14 @@ class RossumClient:
             self.limiter = None
         self.stats = ClientStats()
         self._relogin_lock = asyncio.Lock()
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         self._http = httpx.AsyncClient(
             timeout=self.timeouts.to_httpx(),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            limits=limits,
             verify=verify,
-            transport=transport,
+            transport=transport or async_transport(verify=verify, limits=limits),
             headers={"User-Agent": "rossflow (+https://github.com/rossflow)"},
             follow_redirects=False,
         )
