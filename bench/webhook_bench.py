@@ -243,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         "--scenario", choices=["both", "one-by-one", "burst"], default="both", help="what to run"
     )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--no-fast-start",
+        dest="fast_start",
+        action="store_false",
+        help="rossflow serve starts each flow run in a fresh interpreter (Prefect's default)",
+    )
     args = parser.parse_args(argv)
 
     print(f"load average before: {load_average():.2f} on {os.cpu_count()} CPUs", flush=True)
@@ -310,6 +316,7 @@ async def _run(
             "0",
             "--state-dir",
             str(workdir / "state"),
+            *([] if args.fast_start else ["--no-fast-start"]),
         ],
         cwd=ROOT,
         env=dict(os.environ),

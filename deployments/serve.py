@@ -19,7 +19,9 @@ registers and runs:
   - an interval schedule as the safety net (missed hooks, runner down, hooks disabled).
 
 The runner polls every ``--poll`` seconds (default 1; Prefect's default is 10, too slow for a
-hook-driven export) and starts each flow run in its own process. ``prefect.yaml`` next to this
+hook-driven export) and starts each flow run in its own process, forked from a server that has
+Prefect and the flows imported already (``deployments/fast_start.py``; ``--no-fast-start`` for a
+fresh interpreter per run). ``prefect.yaml`` next to this
 file defines the same deployments for ``prefect deploy`` and workers.
 """
 
@@ -233,6 +235,7 @@ async def aserve(
     limit: int | None = None,
     name: str | None = None,
     announce: bool = False,
+    fast_start: bool = True,
 ) -> None:
     """Register ``deployments`` (schedules, triggers, concurrency) and run their flow runs until
     cancelled, or SIGTERM/SIGINT when called from the main thread: then the runner stops
@@ -245,10 +248,17 @@ async def aserve(
         limit=limit,
         pause_on_shutdown=False,
     )
+    added = []
     for deployment in deployments:
-        await runner.aadd_deployment(deployment)
+        added.append((await runner.aadd_deployment(deployment), deployment))
         if announce:
             print(f"rossflow serve: registered {deployment.full_name}", flush=True)
+    if fast_start:
+        from deployments.fast_start import install
+
+        fast = install(runner, added)
+        if announce and fast:
+            print("rossflow serve: flow runs start from a preloaded fork server", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     task = asyncio.create_task(runner.start(), name="rossflow-runner")
@@ -321,6 +331,13 @@ def run(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--poll", type=float, default=1.0, help="runner poll interval, s")
     parser.add_argument("--limit", type=int, default=None, help="max concurrent flow runs")
+    parser.add_argument(
+        "--no-fast-start",
+        dest="fast_start",
+        action="store_false",
+        help="start each flow run in a fresh interpreter (`python -m prefect.engine`) instead "
+        "of forking it from a server with Prefect and the flows preloaded",
+    )
     args = parser.parse_args(argv)
     groups = args.queues
     if not groups and env("ROSSFLOW_QUEUES"):
@@ -347,7 +364,13 @@ def run(argv: list[str] | None = None) -> int:
             ingest_interval_s=args.ingest_interval,
             coalesce_s=args.coalesce or None,
         )
-        await aserve(deployments, poll_s=args.poll, limit=args.limit, announce=True)
+        await aserve(
+            deployments,
+            poll_s=args.poll,
+            limit=args.limit,
+            announce=True,
+            fast_start=args.fast_start,
+        )
 
     try:
         asyncio.run(main())

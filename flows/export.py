@@ -9,7 +9,6 @@
 Anything the run cannot finish stays ``confirmed`` and is picked up by the next run.
 """
 
-from __future__ import annotations
 
 import asyncio
 from pathlib import Path

@@ -10,7 +10,6 @@ steps at the same time. Run it on a schedule (every few minutes): every run is s
 and to run next to another one on the same source.
 """
 
-from __future__ import annotations
 
 import time
 import uuid

@@ -171,3 +171,14 @@ async def test_prefect_deploy_creates_the_deployments(prefect_harness, tmp_path:
                     f"prefect.deployment.{deployment.id}"
                 )
                 await client.delete_deployment(deployment.id)
+
+
+def test_fast_start_resolves_both_entrypoint_forms() -> None:
+    from deployments.fast_start import flow_for
+    from flows.export import export_confirmed
+
+    assert flow_for("flows.export.export_confirmed") is export_confirmed  # module path
+    assert flow_for("flows/export.py:export_confirmed") is None  # file paths: Prefect's start
+    assert flow_for("flows.export:export_confirmed") is export_confirmed
+    assert flow_for("no_such_module:flow") is None
+    assert flow_for(None) is None

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from deployments.fast_start import forkserver_pid, install, uninstall
 from deployments.serve import export_deployment
 from rossflow.webhook.app import WebhookSettings
 from rossflow.webhook.cli import WebhookServer
@@ -206,7 +207,9 @@ async def test_export_deployment_never_runs_twice_at_once(tmp_path: Path) -> Non
 
 
 @contextmanager
-def serving(deployments: list[Any], poll_s: float = 1.0) -> Iterator[None]:
+def serving(
+    deployments: list[Any], poll_s: float = 1.0, *, fast_start: bool = True
+) -> Iterator[None]:
     """A Prefect runner for ``deployments`` in a background thread (its own event loop)."""
     from prefect.runner import Runner
 
@@ -216,8 +219,9 @@ def serving(deployments: list[Any], poll_s: float = 1.0) -> Iterator[None]:
 
     async def main() -> None:
         runner = Runner(name=f"test-{uuid.uuid4().hex[:6]}", query_seconds=poll_s, limit=4)
-        for d in deployments:
-            await runner.aadd_deployment(d)
+        added = [(await runner.aadd_deployment(d), d) for d in deployments]
+        if fast_start:  # as `rossflow serve` does by default
+            assert install(runner, added) == len(deployments)
         holder["runner"] = runner
         ready.set()
         await runner.start()
@@ -242,6 +246,7 @@ def serving(deployments: list[Any], poll_s: float = 1.0) -> Iterator[None]:
         if runner.started:
             asyncio.run_coroutine_threadsafe(runner.astop(), loop).result(60)
         thread.join(60)
+        uninstall()
 
 
 @pytest.mark.slow
@@ -295,6 +300,7 @@ async def test_sandbox_confirmation_exports_by_itself(sandbox, erp_server, tmp_p
     assert erp_server.stats()["documents"] == len(ids)
     assert erp_server.stats()["duplicates"] == 0
     assert counters["emitted"] >= len(ids)
+    assert forkserver_pid() is not None  # the run was forked from the preloaded server
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
