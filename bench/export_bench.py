@@ -132,12 +132,25 @@ class _Window:
         return self.last - self.first
 
 
-def _child_result(spec: dict[str, Any], window: _Window, **extra: Any) -> None:
+def _child_result(
+    spec: dict[str, Any],
+    window: _Window,
+    counts: Any,
+    t_start: float,
+    t_call: float,
+    t_done: float,
+) -> None:
+    """Write the child's measurements: the export window, and around it imports (start → call),
+    start-up (call → first Rossum request) and teardown (last Rossum response → return)."""
     result = {
+        "counts": counts,
+        "import_s": t_call - t_start,
+        "call_s": t_done - t_call,
+        "startup_s": (window.first - t_call) if window.first else None,
+        "teardown_s": (t_done - window.last) if window.last else None,
         "window_s": window.seconds,
         "window_cpu_s": window.cpu_last - window.cpu_first,
         "maxrss_self_bytes": peak_rss_self_bytes(),
-        **extra,
     }
     Path(spec["out"]).write_text(json.dumps(result))
 
@@ -176,15 +189,7 @@ def child_flow(spec: dict[str, Any]) -> None:
         )
     )
     t_done = time.monotonic()
-    _child_result(
-        spec,
-        window,
-        counts=counts,
-        import_s=t_call - t_start,
-        call_s=t_done - t_call,
-        startup_s=(window.first - t_call) if window.first else None,
-        teardown_s=(t_done - window.last) if window.last else None,
-    )
+    _child_result(spec, window, counts, t_start, t_call, t_done)
 
 
 class TokenBucket:
@@ -396,15 +401,7 @@ def child_script(spec: dict[str, Any], kind: str) -> None:
     t_call = time.monotonic()
     counts = asyncio.run(runner(spec, window))
     t_done = time.monotonic()
-    _child_result(
-        spec,
-        window,
-        counts=counts,
-        import_s=t_call - t_start,
-        call_s=t_done - t_call,
-        startup_s=(window.first - t_call) if window.first else None,
-        teardown_s=(t_done - window.last) if window.last else None,
-    )
+    _child_result(spec, window, counts, t_start, t_call, t_done)
 
 
 def child_blocks(spec: dict[str, Any]) -> None:

@@ -358,17 +358,6 @@ def child(mode: str, cfg: dict[str, Any]) -> int:
     return 0
 
 
-def _server_cpu(pids: dict[str, int]) -> dict[str, float]:
-    import psutil
-
-    out = {}
-    for name, pid in pids.items():
-        with contextlib.suppress(psutil.Error):
-            t = psutil.Process(pid).cpu_times()
-            out[name] = t.user + t.system
-    return out
-
-
 def _sandbox_stats(api: dict[str, Any], *, reset: bool = False) -> dict[str, Any]:
     import httpx
 
@@ -385,9 +374,11 @@ def measure(mode: str, cfg: dict[str, Any], env: dict[str, str]) -> dict[str, An
     requests (server side) and the CPU the sandbox and the file server used meanwhile."""
     import psutil
 
+    from bench._common import tree_cpu_s
+
     servers = {"sandbox": cfg["pids"]["sandbox"], "files": cfg["pids"][cfg["source"]]}
     _sandbox_stats(cfg["rossum"], reset=True)
-    cpu_before = _server_cpu(servers)
+    cpu_before = {name: tree_cpu_s(pid) for name, pid in servers.items()}
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.ingest_bench", "--child", mode, "--config", json.dumps(cfg)],
@@ -407,9 +398,8 @@ def measure(mode: str, cfg: dict[str, Any], env: dict[str, str]) -> dict[str, An
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} child failed:\n{err[-4000:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    cpu_after = _server_cpu(servers)
-    for name in servers:
-        result[f"{name}_cpu_s"] = cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0)
+    for name, pid in servers.items():
+        result[f"{name}_cpu_s"] = tree_cpu_s(pid) - cpu_before[name]
     stats = _sandbox_stats(cfg["rossum"])
     result["rossum_requests"] = stats["total"]
     result["rossum_routes"] = stats["requests"]

@@ -11,7 +11,6 @@ flows' CPU (``bench/``). Everything else (TLS, HTTP/1.1, timeouts, errors) is un
 from __future__ import annotations
 
 import ssl
-import typing
 from collections.abc import Iterable
 from typing import Any
 
@@ -82,7 +81,7 @@ def async_transport(
     *,
     verify: ssl.SSLContext | str | bool = True,
     limits: httpx.Limits | None = None,
-    **kwargs: typing.Any,
+    **kwargs: Any,
 ) -> httpx.AsyncHTTPTransport:
     """``httpx.AsyncHTTPTransport(verify=…, limits=…)`` with the cheaper idle-connection check.
 
