@@ -329,6 +329,9 @@ def _preload(mode: str, source: str) -> None:
     import paramiko  # noqa: F401
 
     if mode != "plain":
+        import prefect.flow_engine
+        import prefect.task_engine  # noqa: F401
+
         import blocks.sources  # noqa: F401
         import flows.ingest  # noqa: F401
         import rossflow.ingest  # noqa: F401
@@ -377,6 +380,8 @@ def measure(mode: str, cfg: dict[str, Any], env: dict[str, str]) -> dict[str, An
     from bench._common import tree_cpu_s
 
     servers = {"sandbox": cfg["pids"]["sandbox"], "files": cfg["pids"][cfg["source"]]}
+    if cfg["pids"].get("prefect"):
+        servers["prefect"] = cfg["pids"]["prefect"]
     _sandbox_stats(cfg["rossum"], reset=True)
     cpu_before = {name: tree_cpu_s(pid) for name, pid in servers.items()}
 
@@ -451,13 +456,26 @@ def make_files(
         )
 
 
+def _prefect_server_pid() -> int | None:
+    """The Prefect test server this process started (a uvicorn child), to count its CPU."""
+    import psutil
+
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "prefect.server.api.server" in " ".join(proc.cmdline()):
+                return proc.pid
+    return None
+
+
 def row(name: str, r: dict[str, Any]) -> str:
     files = max(1, r["files"])
+    prefect = r.get("prefect_cpu_s")
     return (
         f"| {name} | {r['files']} | {r['seconds']:.1f} | {r['files_per_s']:.1f} | "
         f"{r['mb_per_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['vmhwm_mb']:.0f} | "
         f"{r['rossum_requests'] / files:.2f} | {1000 * r['cpu_s'] / files:.1f} | "
-        f"{1000 * r['sandbox_cpu_s'] / files:.1f} | {1000 * r['files_cpu_s'] / files:.1f} |"
+        f"{1000 * r['sandbox_cpu_s'] / files:.1f} | {1000 * r['files_cpu_s'] / files:.1f} | "
+        + (f"{1000 * prefect / files:.1f} |" if prefect is not None else "– |")
     )
 
 
@@ -474,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=20_000, help="bytes per file")
     parser.add_argument("--sources", default="sftp,s3", help="comma list: sftp,s3")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument(
+        "--batch-size", type=int, default=100, help="files per batch (IngestOptions default)"
+    )
     parser.add_argument(
         "--domain",
         action="store_true",
@@ -520,7 +540,12 @@ def main(argv: list[str] | None = None) -> int:
                 "PREFECT_API_URL": str(PREFECT_API_URL.value()),
                 "PYTHONPATH": str(ROOT),
             }
-            pids = {"sandbox": api.pop("pid"), "sftp": sftp.pop("pid"), "s3": s3cfg.pop("pid")}
+            pids = {
+                "sandbox": api.pop("pid"),
+                "sftp": sftp.pop("pid"),
+                "s3": s3cfg.pop("pid"),
+                "prefect": _prefect_server_pid(),
+            }
             base = {
                 "pids": pids,
                 "rossum": api,
@@ -573,8 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "",
         "| run | files | seconds | files/s | MB/s | peak RSS MB (psutil) | VmHWM MB "
-        "| Rossum req/file | CPU ms/file | sandbox CPU ms/file | file server CPU ms/file |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Rossum req/file | CPU ms/file | sandbox CPU ms/file | file server CPU ms/file "
+        "| Prefect server CPU ms/file |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [row(name, r) for name, r in results.items()]
     lines.append("")

@@ -2,14 +2,14 @@
 
 ``rossflow-ingest`` reads like the pipeline::
 
-    recover stale claims → list → per batch: claim → validate → upload → wait → archive/fail
-    → report
+    recover stale claims → list → per batch: [claim → validate] → [upload → wait]
+    → [archive/fail] → report
 
-Batches of ``options.batch_size`` files; ``options.batches_in_flight`` batches are in different
-steps at the same time. Run it on a schedule (every few minutes): every run is safe to repeat
-and to run next to another one on the same source.
+One Prefect task per bracket, ``options.batch_size`` files per batch;
+``options.batches_in_flight`` batches are in different steps at the same time. Run it on a
+schedule (every few minutes): every run is safe to repeat and to run next to another one on
+the same source.
 """
-
 
 import time
 import uuid
@@ -37,8 +37,6 @@ from tasks.ingest import (
     publish_report,
     recover_claims,
     upload_files,
-    validate_files,
-    wait_for_imports,
 )
 
 
@@ -104,11 +102,9 @@ def ingest(
             batch = [todo.popleft() for _ in range(min(options.batch_size, len(todo)))]
             while len(in_flight) >= options.batches_in_flight:
                 in_flight.popleft().wait()
-            claimed = claim_files.submit(runtime, Batch(batch))
-            valid = validate_files.submit(runtime, claimed)
-            sent = upload_files.submit(runtime, valid)
-            imported = wait_for_imports.submit(runtime, sent)
-            in_flight.append(finalize_files.submit(runtime, imported))
+            claimed = claim_files.submit(runtime, Batch(batch))  # + names, types, sizes
+            imported = upload_files.submit(runtime, claimed)  # + wait for Rossum's import
+            in_flight.append(finalize_files.submit(runtime, imported))  # archive / failed
         for future in in_flight:
             future.result()
         runtime.report.finished = time.time()

@@ -1,17 +1,21 @@
-"""httpx transport for the pipeline's async clients (Rossum API, REST delivery).
+"""httpx transports for the pipeline's async clients (Rossum API, REST delivery).
 
-It is httpx's own ``AsyncHTTPTransport`` with one change: the connection pool's check "has the
-server closed this idle connection?" reads a socket kept by the stream instead of asking anyio
-for it. httpcore runs that check for every pooled connection each time a request starts or a
-response closes, and anyio builds a dict of socket attributes (with a ``getpeername`` system
-call) on every ask: with 16 connections in a pool that was 10–15 % of the export and ingest
-flows' CPU (``bench/``). Everything else (TLS, HTTP/1.1, timeouts, errors) is unchanged.
+:func:`async_transport` is httpx's own ``AsyncHTTPTransport`` with one change: the connection
+pool's check "has the server closed this idle connection?" reads a socket kept by the stream
+instead of asking anyio for it. httpcore runs that check for every pooled connection each time a
+request starts or a response closes, and anyio builds a dict of socket attributes (with a
+``getpeername`` system call) on every ask: with 16 connections in a pool that was 10–15 % of the
+export and ingest flows' CPU (``bench/``). Everything else (TLS, HTTP/1.1, timeouts, errors) is
+unchanged.
+
+:class:`BlockingTransport` lets an async client send with blocking sockets, for a loop that one
+thread drives one request at a time.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import httpcore
@@ -92,3 +96,52 @@ def async_transport(
     if isinstance(pool, httpcore.AsyncConnectionPool) and hasattr(pool, "_network_backend"):
         pool._network_backend = _Backend()
     return transport
+
+
+class _AsyncOverSync(httpx.AsyncByteStream):
+    """A synchronous response body offered to the async client (read with blocking calls)."""
+
+    def __init__(self, stream: httpx.SyncByteStream) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        self._stream.close()
+
+
+class BlockingTransport(httpx.AsyncBaseTransport):
+    """An async transport that sends with httpx's *synchronous* transport (blocking sockets).
+
+    For a client whose event loop belongs to one thread that handles one request at a time (the
+    ingest uploads: each I/O thread drives its own loop). Such a loop gains nothing from
+    non-blocking sockets, and the sync stack costs about half the CPU per request of the async
+    one (no anyio streams, cancel scopes or asyncio callbacks). Never use it on a loop shared by
+    concurrent requests: a request blocks the whole loop while it waits for the network.
+    """
+
+    def __init__(
+        self,
+        *,
+        verify: ssl.SSLContext | str | bool = True,
+        limits: httpx.Limits | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._sync = httpx.HTTPTransport(verify=verify, limits=limits or httpx.Limits(), **kwargs)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # Request bodies built by httpx (bytes, JSON, forms, multipart over a file) are both
+        # sync and async streams, so the sync transport can send them as they are.
+        response = self._sync.handle_request(request)
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_AsyncOverSync(response.stream),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        self._sync.close()

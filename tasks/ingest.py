@@ -1,9 +1,11 @@
-"""Prefect tasks of the ingest flow: one task per step per batch of files.
+"""Prefect tasks of the ingest flow: three tasks per batch of files (claim, upload, finalize).
 
 They are thin wrappers around :mod:`rossflow.ingest.pipeline`; the logic (and its tests) lives
-there. Inside a task the work is spread over the run's bounded pools (``io_concurrency`` threads
-with one SFTP session each, ``upload_concurrency`` Rossum requests in flight), never one Prefect
-task per file.
+there. Inside a task the work is spread over the run's bounded pool of I/O threads (each with
+one SFTP session and one Rossum client; ``upload_concurrency`` files uploaded at a time), never
+one Prefect task per file. Three tasks rather than one per pipeline step: every task run costs
+the Prefect server tens of milliseconds of CPU (``bench/ingest_bench.py`` measures it), and the
+validate and wait steps are too short on their own to be worth one.
 """
 
 from __future__ import annotations
@@ -62,26 +64,16 @@ def list_files(rt: IngestRuntime, skip_paths: list[str]) -> Batch:
 
 @task(name="ingest-claim", **_opts)
 def claim_files(rt: IngestRuntime, batch: Batch) -> Batch:
-    """Take the files for this run (SFTP: rename into processing/<run>/; S3: lock object)."""
-    return Batch(pipeline.claim(rt, batch.items))
-
-
-@task(name="ingest-validate", **_opts)
-def validate_files(rt: IngestRuntime, batch: Batch) -> Batch:
-    """Names, extensions and sizes (content is sniffed while streaming in the upload step)."""
-    return Batch(pipeline.validate(rt, batch.items))
+    """Take the files for this run (SFTP: rename into processing/<run>/; S3: lock object) and
+    check names, extensions and sizes (the content is sniffed while it streams to Rossum)."""
+    return Batch(pipeline.validate(rt, pipeline.claim(rt, batch.items)))
 
 
 @task(name="ingest-upload", **_opts)
 def upload_files(rt: IngestRuntime, batch: Batch) -> Batch:
-    """Stream, hash, dedupe/reconcile against the ledger, upload with metadata."""
-    return Batch(pipeline.upload(rt, batch.items))
-
-
-@task(name="ingest-wait", **_opts)
-def wait_for_imports(rt: IngestRuntime, batch: Batch) -> Batch:
-    """Wait (with a deadline) for Rossum's upload tasks; record document/annotation ids."""
-    return Batch(pipeline.wait(rt, batch.items))
+    """Stream, hash, dedupe/reconcile against the ledger, upload with metadata, and wait (with
+    a deadline) for Rossum's import tasks; records document/annotation ids."""
+    return Batch(pipeline.wait(rt, pipeline.upload(rt, batch.items)))
 
 
 @task(name="ingest-finalize", **_opts)

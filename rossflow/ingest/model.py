@@ -46,7 +46,10 @@ class IngestOptions(BaseModel):
         default=None, ge=1, description="Take at most this many files in one run."
     )
     batch_size: int = Field(
-        default=50, ge=1, le=1000, description="Files per Prefect task (one task per step)."
+        default=100,
+        ge=1,
+        le=1000,
+        description="Files per batch (three Prefect tasks per batch: claim, upload, finalize).",
     )
     batches_in_flight: int = Field(
         default=4, ge=1, le=16, description="Batches processed at the same time."
@@ -55,10 +58,15 @@ class IngestOptions(BaseModel):
         default=8,
         ge=1,
         le=64,
-        description="Parallel SFTP sessions / S3 requests (one SFTP session per worker thread).",
+        description="Parallel claims and moves on the source (SFTP sessions / S3 requests; "
+        "one SFTP session per thread).",
     )
     upload_concurrency: int = Field(
-        default=8, ge=1, le=64, description="Uploads and task polls in flight to Rossum."
+        default=8,
+        ge=1,
+        le=64,
+        description="Files read, uploaded and awaited at the same time (one thread each, "
+        "with its own SFTP session and Rossum connection).",
     )
     task_deadline_s: float = Field(
         default=300.0,

@@ -5,11 +5,12 @@ outcome early (rejected, skipped) ride along untouched to :func:`finalize`. The 
 ``tasks/ingest.py`` are one-line wrappers around these functions, and :func:`run_ingest` chains
 them without Prefect.
 
-An :class:`IngestRuntime` holds what a run shares: the source (one SFTP session per I/O thread),
-a bounded I/O thread pool, a few event-loop "lanes" each with its own Rossum client(s), the
-ledger and the state store. It is thread-safe, so several batches can be in different steps at
-once. Uploads are streamed from the source into one bounded buffer per upload in flight; the
-wait for Rossum's task starts as soon as a file is sent (the wait step collects it).
+An :class:`IngestRuntime` holds what a run shares: the source, two bounded thread pools (one for
+claims and moves; one for uploads, each of its threads with its own SFTP session, Rossum client
+and event loop), the ledger and the state store. It is thread-safe, so several batches can be in
+different steps at once. Each file is read, uploaded and awaited in one upload thread, like a
+plain script would: the content is streamed from the source into one bounded buffer, sent with
+blocking sockets, and the wait for Rossum's task follows at once (the wait step collects it).
 """
 
 from __future__ import annotations
@@ -49,60 +50,30 @@ from rossflow.rossum import RossumClient
 
 log = logging.getLogger("rossflow.ingest")
 
-#: Requests in flight per Rossum client (uploads + task polls are spread over several clients).
-CONNECTIONS_PER_CLIENT = 4
-#: Uploads in flight per event-loop lane.
-LANE_WIDTH = 4
-
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Lane:
-    """One event-loop thread with its own Rossum client(s) and concurrency slots.
+class RossumThread:
+    """What one I/O thread needs to talk to Rossum: its own event loop, driven by this thread
+    only and one file at a time, a client that sends with blocking sockets on it, and an
+    uploader. No request ever hops between threads or loops (that cost more CPU than the
+    requests themselves)."""
 
-    A run has a few lanes instead of one loop: with 8+ paramiko transport threads in the process,
-    a single loop thread gets too small a share of the GIL and every HTTP request waits for it.
-    Each file is uploaded and awaited in one lane."""
-
-    def __init__(self, rt: IngestRuntime, index: int, width: int) -> None:
-        self.index = index
+    def __init__(self, rt: IngestRuntime) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name=f"ingest-loop-{index}", daemon=True
-        )
-        self.thread.start()
-        shards = max(1, -(-2 * width // CONNECTIONS_PER_CLIENT))
-        factory = rt._client_factory
-        self.clients: list[RossumClient] = [self.run(_make(factory)) for _ in range(shards)]
+        self.client = rt._client_factory().use_blocking_io()
         self.uploader = Uploader(
-            self.clients, rt.ledger, rt.state, run_id=rt.owner.run_id, options=rt.options
+            self.client, rt.ledger, rt.state, run_id=rt.owner.run_id, options=rt.options
         )
-        self.upload_slots = asyncio.Semaphore(width)
-        self.wait_slots = asyncio.Semaphore(width)
-        self.pending_waits: dict[str, asyncio.Future[None]] = {}
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.submit(coro).result()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def start_wait(self, rt: IngestRuntime, item: FileItem) -> None:
-        """Begin resolving ``item``'s upload task in the background (on this lane's loop);
-        :func:`wait` awaits it."""
-        self.pending_waits[item.path] = asyncio.ensure_future(_wait_one(rt, self, item))
+        return self.loop.run_until_complete(coro)
 
     def close(self) -> None:
-        for client in self.clients:
-            with contextlib.suppress(Exception):
-                self.run(client.aclose())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-async def _make(factory: Callable[[], RossumClient]) -> RossumClient:
-    return factory()
+        with contextlib.suppress(Exception):
+            self.run(self.client.aclose())
+        self.loop.close()
 
 
 class IngestRuntime:
@@ -133,14 +104,19 @@ class IngestRuntime:
         )
         if getattr(source, "state", "absent") is None:
             source.state = self.state  # type: ignore[attr-defined]
+        # Claims and moves in one pool, transfers (read → upload → wait) in another, so that
+        # the short SFTP/S3 operations of the other batches never queue behind uploads
+        # (measured against one shared pool: 3-4 % faster on SFTP and on S3).
         self.io = ThreadPoolExecutor(self.options.io_concurrency, thread_name_prefix="ingest-io")
+        self.uploads = ThreadPoolExecutor(
+            self.options.upload_concurrency, thread_name_prefix="ingest-upload"
+        )
         self._client_factory = client_factory
-        width = min(LANE_WIDTH, self.options.upload_concurrency)
-        count = max(1, -(-self.options.upload_concurrency // width))
-        self.lanes = [Lane(self, i, width) for i in range(count)]
-        self.lane_of: dict[str, int] = {}
-        self._next_lane = itertools.count()
-        self.client = self.lanes[0].clients[0]
+        self._local = threading.local()
+        self._rossum_threads: list[RossumThread] = []
+        self._rossum_lock = threading.Lock()
+        #: Files being uploaded and awaited in the background (path → future).
+        self.transfers: dict[str, Future[None]] = {}
         self.report = IngestReport(
             self.owner.run_id, source.uri(source.root), max_ok_rows=self.options.report_max_rows
         )
@@ -170,36 +146,33 @@ class IngestRuntime:
         except Exception as exc:
             log.warning("could not mark the run finished on the source: %s", exc)
         self.state.finish_run(self.owner)
-        for lane in self.lanes:
-            lane.close()
         self.io.shutdown(wait=True)
+        self.uploads.shutdown(wait=True)
+        for rossum in self._rossum_threads:
+            rossum.close()
         self.source.close()
         self.ledger.close()
         self.state.close()
 
     # -- helpers -----------------------------------------------------------------------------
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the first lane's event loop (from any thread) and wait for it."""
-        return self.lanes[0].run(coro)
+    def rossum(self) -> RossumThread:
+        """The calling I/O thread's Rossum client, loop and uploader (created on first use)."""
+        mine: RossumThread | None = getattr(self._local, "rossum", None)
+        if mine is None:
+            mine = self._local.rossum = RossumThread(self)
+            with self._rossum_lock:
+                self._rossum_threads.append(mine)
+        return mine
 
     @property
     def uploads_sent(self) -> int:
-        return sum(lane.uploader.sent for lane in self.lanes)
+        with self._rossum_lock:
+            return sum(r.uploader.sent for r in self._rossum_threads)
 
     @property
     def reconciled(self) -> int:
-        return sum(lane.uploader.reconciled for lane in self.lanes)
-
-    def assign_lanes(self, items: list[FileItem]) -> dict[int, list[FileItem]]:
-        """Spread items over the lanes (an item keeps its lane for the wait step)."""
-        groups: dict[int, list[FileItem]] = {}
-        for item in items:
-            index = self.lane_of.get(item.path)
-            if index is None:
-                index = next(self._next_lane) % len(self.lanes)
-                self.lane_of[item.path] = index
-            groups.setdefault(index, []).append(item)
-        return groups
+        with self._rossum_lock:
+            return sum(r.uploader.reconciled for r in self._rossum_threads)
 
     def map_io(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return list(self.io.map(fn, items))
@@ -384,117 +357,116 @@ def validate(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
 
 
 def upload(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
+    """Start each file's transfer (read → checks → upload → wait for the task) in an I/O
+    thread; return once every file of the batch has been sent (or settled otherwise)."""
     rt.heartbeat()
-    todo = [item for item in items if not item.final]
-    futures = [
-        rt.lanes[index].submit(_upload_all(rt, rt.lanes[index], group))
-        for index, group in rt.assign_lanes(todo).items()
-    ]
-    for future in futures:
-        future.result()
+    sent: list[threading.Event] = []
+    for item in items:
+        if item.final:
+            continue
+        event = threading.Event()
+        rt.transfers[item.path] = rt.uploads.submit(_transfer, rt, item, event)
+        sent.append(event)
+    for event in sent:
+        event.wait()
     return items
 
 
-async def _upload_all(rt: IngestRuntime, lane: Lane, items: list[FileItem]) -> None:
-    await asyncio.gather(*(_upload_one(rt, lane, item) for item in items))
+def _transfer(rt: IngestRuntime, item: FileItem, sent: threading.Event) -> None:
+    rossum = rt.rossum()
+    try:
+        rossum.run(_send(rt, rossum, item))
+    finally:
+        sent.set()
+    if item.task_url is not None and not item.final:
+        # Wait for Rossum's task right away, in this thread: the batch's waits overlap with
+        # its remaining uploads, and the wait step only collects the outcome.
+        rossum.run(_wait_one(rossum, item, rt.source.uri(item.origin)))
 
 
-async def _upload_one(rt: IngestRuntime, lane: Lane, item: FileItem) -> None:
+async def _send(rt: IngestRuntime, rossum: RossumThread, item: FileItem) -> None:
     opts = rt.options
-    loop = asyncio.get_running_loop()
-    async with lane.upload_slots:
-        content: SpooledContent | None = None
+    content: SpooledContent | None = None
+    try:
         try:
-            try:
-                content = await loop.run_in_executor(
-                    rt.io,
-                    rt.source.spool,
-                    item.path,
-                    opts.max_file_bytes,
-                    opts.spool_memory_bytes,
-                    item.size,
-                )
-            except FileNotFoundError as exc:
+            content = rt.source.spool(
+                item.path, opts.max_file_bytes, opts.spool_memory_bytes, item.size
+            )
+        except FileNotFoundError as exc:
+            raise E.FileRejected(
+                E.VANISHED, "the file disappeared after it was claimed", step="upload"
+            ) from exc
+        except OSError as exc:
+            if E.is_missing(exc):
                 raise E.FileRejected(
                     E.VANISHED, "the file disappeared after it was claimed", step="upload"
                 ) from exc
-            except OSError as exc:
-                if E.is_missing(exc):
-                    raise E.FileRejected(
-                        E.VANISHED, "the file disappeared after it was claimed", step="upload"
-                    ) from exc
-                if E.is_transient(exc):
-                    raise
-                raise E.FileRejected(
-                    E.UNREADABLE, f"cannot read the file: {E.describe(exc)}", step="upload"
-                ) from exc
-            item.size = content.size
-            check_size(content.size, opts.limits())
-            assert item.file_type is not None
-            check_content(item.rel, item.file_type, content.head)
-            item.size, item.sha256 = content.size, content.sha256
-            await lane.uploader.upload(item, content, rt.rule_of(item), rt.source.uri(item.origin))
-            if item.task_url is not None and not item.final:
-                # Start waiting for Rossum's task right away (the wait step collects it), so
-                # this batch's waits overlap with its remaining uploads.
-                lane.start_wait(rt, item)
-        except E.FileRejected as rej:
-            if rej.reason == E.VANISHED and rt.source.vanished_means_gone:
-                item.skip("gone", "the file was taken by another run or deleted", step="upload")
-            else:
-                item.fail(rej.reason, rej.message, step=rej.step, rossum=rej.rossum)
-        except Exception as exc:
             if E.is_transient(exc):
-                item.defer("source_unavailable", E.describe(exc), step="upload")
-            else:
-                log.exception("upload of %s failed", item.origin)
-                item.defer("unexpected_error", E.describe(exc), step="upload")
-        finally:
-            if content is not None:
-                content.close()
-            if item.final and item.outcome not in (UPLOADED, DUPLICATE):
-                lane.uploader.release(item)
+                raise
+            raise E.FileRejected(
+                E.UNREADABLE, f"cannot read the file: {E.describe(exc)}", step="upload"
+            ) from exc
+        item.size = content.size
+        check_size(content.size, opts.limits())
+        assert item.file_type is not None
+        check_content(item.rel, item.file_type, content.head)
+        item.size, item.sha256 = content.size, content.sha256
+        await rossum.uploader.upload(item, content, rt.rule_of(item), rt.source.uri(item.origin))
+    except E.FileRejected as rej:
+        if rej.reason == E.VANISHED and rt.source.vanished_means_gone:
+            item.skip("gone", "the file was taken by another run or deleted", step="upload")
+        else:
+            item.fail(rej.reason, rej.message, step=rej.step, rossum=rej.rossum)
+    except Exception as exc:
+        if E.is_transient(exc):
+            item.defer("source_unavailable", E.describe(exc), step="upload")
+        else:
+            log.exception("upload of %s failed", item.origin)
+            item.defer("unexpected_error", E.describe(exc), step="upload")
+    finally:
+        if content is not None:
+            content.close()
+        if item.final and item.outcome not in (UPLOADED, DUPLICATE):
+            rossum.uploader.release(item)
+
+
+async def _wait_one(rossum: RossumThread, item: FileItem, source_uri: str) -> None:
+    try:
+        await rossum.uploader.wait(item, source_uri)
+    except Exception as exc:
+        log.exception("waiting for %s failed", source_uri)
+        item.defer("unexpected_error", E.describe(exc), step="wait")
 
 
 def wait(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
+    """Collect the transfers started by :func:`upload`; then wait for what is still open
+    (identical content held by another file or run, a task recorded by an earlier run)."""
     rt.heartbeat()
-    futures = [
-        rt.lanes[index].submit(_wait_all(rt, rt.lanes[index], group))
-        for index, group in rt.assign_lanes(items).items()
-    ]
-    for future in futures:
-        future.result()
-    return items
-
-
-async def _wait_one(rt: IngestRuntime, lane: Lane, item: FileItem) -> None:
-    async with lane.wait_slots:
+    for item in items:
+        transfer = rt.transfers.pop(item.path, None)
+        if transfer is None:
+            continue
         try:
-            await lane.uploader.wait(item, rt.source.uri(item.origin))
-        except Exception as exc:
-            log.exception("waiting for %s failed", item.origin)
+            transfer.result()
+        except Exception as exc:  # _transfer settles every item itself; this is a bug guard
+            log.exception("transfer of %s failed", item.origin)
             item.defer("unexpected_error", E.describe(exc), step="wait")
 
-
-async def _wait_all(rt: IngestRuntime, lane: Lane, items: list[FileItem]) -> None:
-    async def one(item: FileItem) -> None:
-        started = lane.pending_waits.pop(item.path, None)
-        if started is not None:
-            await started
-        if item.final and item.lease is None:
-            return
-        await _wait_one(rt, lane, item)  # not started in the background
+    def rest(item: FileItem) -> FileItem:
+        rossum = rt.rossum()
+        rossum.run(_wait_one(rossum, item, rt.source.uri(item.origin)))
         if not item.final:
             item.defer(
                 "not_uploaded",
                 f"no upload outcome (internal: task={item.task_url!r} "
-                f"waiting_on={item.waiting_on!r} background={started is not None})",
+                f"waiting_on={item.waiting_on!r})",
                 step="wait",
             )
+        return item
 
-    await asyncio.gather(*(one(item) for item in items))
-    for item in items:
-        rt.lane_of.pop(item.path, None)
+    todo = [item for item in items if not (item.final and item.lease is None)]
+    list(rt.uploads.map(rest, todo))
+    return items
 
 
 def _date_folder(rt: IngestRuntime) -> str:
@@ -590,7 +562,7 @@ def run_ingest(
     run_id: str | None = None,
 ) -> IngestReport:
     """One complete run without Prefect: ``batches_in_flight`` batches at a time, each going
-    through all the steps (the Prefect flow does the same with one task per step)."""
+    through all the steps (the Prefect flow does the same with three tasks per batch)."""
     with IngestRuntime(source, rules, client_factory, options, run_id=run_id) as rt:
         recovered = recover(rt)
         pending = [i for i in recovered if not i.final]

@@ -378,3 +378,76 @@ async def test_export_pages_survive_another_run_emptying_a_page(sandbox):
         await other.move_to_status(1, ids[:150])  # the other run took the oldest 150
         rest = [id_from_url(i["url"]) async for page in pages for i in page]
     assert sorted(rest) == ids[150:200]
+
+
+# -- blocking I/O mode (the ingest's per-thread clients) --------------------------------------
+
+
+def _blocking(client: RossumClient) -> RossumClient:
+    client.use_blocking_io()
+    assert type(client._http._transport).__name__ == "BlockingTransport"
+    return client
+
+
+async def test_blocking_io_streams_a_file_upload_with_metadata(sandbox, tmp_path):
+    path = tmp_path / "streamed invoice.txt"
+    path.write_bytes(INVOICE_TEXT)
+    async with _blocking(make_client(sandbox)) as client:
+        with path.open("rb") as stream:
+            result = await client.upload_and_wait(
+                1,
+                stream,
+                path.name,
+                metadata={"sha256": "f00"},
+                content_type="text/plain",
+                timeout_s=10,
+            )
+        ann = await client.get_annotation(result.annotation_ids[0])
+        assert ann["metadata"] == {"sha256": "f00"}
+        assert await client.download_document(result.document_ids[0]) == INVOICE_TEXT
+        # one connection, reused for every request (login, upload, task, upload object, ...)
+        assert client.stats.by_route["POST /v1/uploads"] == 1
+
+
+async def test_blocking_io_keeps_the_lost_answer_and_timeout_semantics(sandbox):
+    sandbox.set_faults(
+        [{"method": "POST", "path": "/api/v1/uploads", "kind": "drop_after", "times": 1}]
+    )
+    async with _blocking(make_client(sandbox)) as client:
+        with pytest.raises(UncertainOutcomeError) as info:
+            await client.upload(1, INVOICE_TEXT, "blocking-lost.txt", content_type="text/plain")
+        assert info.value.reached_server is True
+        assert client.stats.by_route["POST /v1/uploads"] == 1
+    sandbox.set_faults(
+        [{"method": "GET", "path": "/api/v1/queues/1", "kind": "latency", "latency_s": 2}]
+    )
+    policy = RetryPolicy(max_attempts=2, backoff_initial_s=0.01, backoff_max_s=0.01)
+    client = _blocking(make_client(sandbox, timeouts=Timeouts(read=0.3), retry=policy))
+    async with client:
+        await client.login()
+        with pytest.raises(RossumTransportError) as timeout:
+            await client.get_queue(1)
+    assert isinstance(timeout.value.__cause__, httpx.ReadTimeout)
+
+
+async def test_blocking_io_must_be_chosen_before_the_first_request(sandbox):
+    async with make_client(sandbox) as client:
+        await client.get_queue(1)
+        with pytest.raises(RuntimeError, match="before the first request"):
+            client.use_blocking_io()
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+async def test_cookies_are_neither_kept_nor_sent(hook_receiver, blocking):
+    hook_receiver.reply(200, {"id": 1}, {"Set-Cookie": "session=abc; Path=/"})
+    hook_receiver.reply(200, {"id": 1})
+    client = RossumClient(f"{hook_receiver.url}/api", token="t0ken", rate_limit_per_s=None)
+    if blocking:
+        client.use_blocking_io()
+    async with client:
+        await client.get_queue(1)
+        await client.get_queue(1)
+        assert not list(client._http.cookies.jar)
+    first, second = hook_receiver.wait_for(2)
+    assert "cookie" not in second.headers
+    assert first.headers["authorization"] == second.headers["authorization"] == "Bearer t0ken"

@@ -55,6 +55,24 @@ def artifacts(flow_run_id: str) -> dict[str, Any]:
     return {a.key: a for a in asyncio.run(read())}
 
 
+def task_names(flow_run_id: str) -> dict[str, int]:
+    """How many task runs of each task the flow run had (task run names are ``<task>-<n>``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+
+    counts: dict[str, int] = {}
+    for run in asyncio.run(read()):
+        name = run.name.rsplit("-", 1)[0]
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def test_flow_parameters_make_a_usable_form() -> None:
     from flows.ingest import ingest, ingest_status
 
@@ -114,6 +132,15 @@ def test_ingest_flow_sftp_with_saved_blocks_and_artifacts(
     assert "failed" in str(found["ingest-report"].data)
     assert found["ingest-summary"].type == "markdown"
     assert "| uploaded | 7 |" in str(found["ingest-summary"].data)
+    # Three task runs per batch of 3 files (claim, upload, finalize), never one per file.
+    assert task_names(str(state.state_details.flow_run_id)) == {
+        "ingest-recover-claims": 1,
+        "ingest-list-files": 1,
+        "ingest-claim": 3,
+        "ingest-upload": 3,
+        "ingest-finalize": 3,
+        "ingest-report": 1,
+    }
 
 
 def test_ingest_flow_s3_then_status_flow_flags_stuck(
