@@ -1,9 +1,10 @@
 """Prefect tasks of the ingest flow: three tasks per batch of files (claim, upload, finalize).
 
 They are thin wrappers around :mod:`rossflow.ingest.pipeline`; the logic (and its tests) lives
-there. Inside a task the work is spread over the run's bounded pool of I/O threads (each with
-one SFTP session and one Rossum client; ``upload_concurrency`` files uploaded at a time), never
-one Prefect task per file. Three tasks rather than one per pipeline step: every task run costs
+there. Inside a task the work is spread over the run's bounded thread pools (``io_concurrency``
+threads for claims and moves, ``upload_concurrency`` threads that each read, upload and await
+one file at a time with their own SFTP session and Rossum client), never one Prefect task per
+file. Three tasks rather than one per pipeline step: every task run costs
 the Prefect server tens of milliseconds of CPU (``bench/ingest_bench.py`` measures it), and the
 validate and wait steps are too short on their own to be worth one.
 """

@@ -22,13 +22,12 @@ one file within a run, uploads a given content at a time; the others wait for it
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import posixpath
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -100,34 +99,25 @@ def build_metadata(
 
 
 class Uploader:
-    """Upload and wait steps for items of one run (async; one Rossum client per run)."""
+    """Upload and wait steps for the items of one upload thread (async, one Rossum client)."""
 
     def __init__(
         self,
-        client: RossumClient | Sequence[RossumClient],
+        client: RossumClient,
         ledger: Ledger,
         state: IngestState,
         *,
         run_id: str,
         options: IngestOptions,
     ) -> None:
-        # Several clients = several small connection pools: httpcore scans every pooled
-        # connection on each request, which costs more CPU than the upload itself at 16+
-        # connections. Tokens and the rate budget are shared by all clients of a process.
-        self.clients = [client] if isinstance(client, RossumClient) else list(client)
-        self._next = itertools.cycle(self.clients)
+        self.client = client
         self.ledger = ledger
         self.state = state
         self.run_id = run_id
         self.options = options
-        self.namespace = namespace_for(self.clients[0].base_url)
+        self.namespace = namespace_for(client.base_url)
         self.sent = 0
         self.reconciled = 0
-
-    @property
-    def client(self) -> RossumClient:
-        """The next client (round robin)."""
-        return next(self._next)
 
     # -- lookups -----------------------------------------------------------------------------
     async def find_existing(
@@ -140,15 +130,14 @@ class Uploader:
                 params["created_at_after"] = iso(since - 600)  # generous for clock skew
             annotation_ids: list[int] = []
             documents: dict[int, int] = {}
-            client = self.client
-            async for doc in client.paginate("/v1/documents", params):
+            async for doc in self.client.paginate("/v1/documents", params):
                 for ann in doc.get("annotations") or []:
                     ann_id = id_from_url(ann)
                     annotation_ids.append(ann_id)
                     documents[ann_id] = int(doc["id"])
             if not annotation_ids:
                 continue
-            async for ann in client.list_annotations(ids=annotation_ids):
+            async for ann in self.client.list_annotations(ids=annotation_ids):
                 meta = ann.get("metadata") or {}
                 if meta.get("sha256") == sha256 and id_from_url(ann["queue"]) == queue_id:
                     return {
