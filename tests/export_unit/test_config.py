@@ -18,10 +18,9 @@ from rossflow.export.config import (
     S3Step,
     SftpStep,
     TemplateStep,
-    dump_native,
-    load_pipeline,
 )
 from rossflow.export.errors import ConfigError
+from rossflow.export.loading import dump_native, load_pipeline
 
 README = Path(__file__).parents[2] / "rossflow" / "export" / "README.md"
 
