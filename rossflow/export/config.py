@@ -7,6 +7,9 @@ silently at run time instead). Jinja syntax and safe conditions need the templat
 condition languages, which depend on these models; they are checked by
 :mod:`rossflow.export.checks` when a pipeline is loaded (:mod:`rossflow.export.loading`).
 Rossum hooks are converted by :mod:`rossflow.export.rossum_hooks`.
+
+Over 600 lines but one concept: the pipeline schema (every step model and the DAG rules that
+relate them), read top to bottom as the reference of the native format.
 """
 
 from __future__ import annotations
