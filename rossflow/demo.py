@@ -186,7 +186,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def _start_services(stack: ExitStack, home: Path, args: argparse.Namespace) -> dict[str, Any]:
     from rossflow.localstack.erp import ErpServer
     from rossflow.localstack.s3_server import S3Server
-    from rossflow.localstack.sftp_server import SftpServer
+    from rossflow.localstack.sftp_server import LocalSftpServer
     from sandbox.server import SandboxServer
 
     sandbox = stack.enter_context(
@@ -199,7 +199,7 @@ def _start_services(stack: ExitStack, home: Path, args: argparse.Namespace) -> d
     for sub in ("inbox", "archive"):
         (sftp_root / sub).mkdir(parents=True, exist_ok=True)
     sftp = stack.enter_context(
-        SftpServer(
+        LocalSftpServer(
             sftp_root,
             port=args.sftp_port,
             users={"rossflow": "rossflow"},
