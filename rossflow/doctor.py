@@ -148,7 +148,15 @@ def _short(exc: BaseException) -> str:
 async def check_prefect(api_url: str | None) -> Check:
     from prefect.client.orchestration import get_client
 
-    where = api_url or "(PREFECT_API_URL not set: a temporary local server)"
+    if not api_url:
+        return Check(
+            "Prefect API",
+            FAIL,
+            "PREFECT_API_URL is not set (neither in the environment nor in the Prefect profile)",
+            "set it to the server the workers use: `prefect config set "
+            "PREFECT_API_URL=http://<host>:4200/api` or export PREFECT_API_URL",
+        )
+    where = api_url
     try:
         async with get_client() as client:
             error = await client.api_healthcheck()
@@ -463,13 +471,14 @@ async def diagnose(
     webhook_urls: Sequence[str] = (),
     timeout: float = 10.0,
 ) -> list[Check]:
+    from prefect.settings import PREFECT_API_URL
     from prefect_aws import S3Bucket
 
     from blocks import RestTarget, RossumCredentials, SftpServer
     from blocks.sources import IngestSource
     from rossflow.export.config import FileStorageStep, RestStep, S3Step
 
-    checks = [await check_prefect(os.environ.get("PREFECT_API_URL"))]
+    checks = [await check_prefect(PREFECT_API_URL.value())]
     if checks[0].status == FAIL:
         checks.append(Check("everything else", SKIP, "needs the Prefect API (blocks live there)"))
         return checks
@@ -605,10 +614,11 @@ def run(argv: list[str] | None = None) -> int:
     )
     for check in checks:
         print(check.line())
-    failed = [c for c in checks if c.status == FAIL]
+    counts = {status: sum(c.status == status for c in checks) for status in (OK, WARN, FAIL, SKIP)}
     print(
-        f"rossflow doctor: {len(checks) - len(failed)} of {len(checks)} check(s) passed"
-        + (f", {len(failed)} failed" if failed else "")
+        f"rossflow doctor: {counts[OK]} ok, {counts[WARN]} warning(s), {counts[FAIL]} failed"
+        + (f", {counts[SKIP]} skipped" if counts[SKIP] else "")
     )
+    failed = counts[FAIL]
     sys.stdout.flush()
     return 1 if failed else 0
