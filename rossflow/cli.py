@@ -14,6 +14,11 @@ from collections.abc import Sequence
 # an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("rossflow.demo", "run", "run the whole pipeline on the embedded local stack"),
+    "doctor": (
+        "rossflow.doctor",
+        "run",
+        "check an installation without side effects (Prefect, blocks, Rossum queues, targets)",
+    ),
     "setup": (
         "rossflow.setup",
         "run",
