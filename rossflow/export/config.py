@@ -152,6 +152,11 @@ class TemplateOutput(_Model):
     format: Literal["xml", "json", "csv", "text"] | None = None
     autoescape: bool | None = None
     undefined: Literal["strict", "lenient"] = "strict"
+    jinja: Literal["rossflow", "rossum"] = Field(
+        default="rossflow",
+        description="'rossum': render exactly as Rossum's templating does (imported hooks): no "
+        "autoescape, trailing newline dropped, None as 'None', Jinja's HTML-safe tojson.",
+    )
     validate_output: bool = True
     # tabular options
     table: str | None = None

@@ -187,7 +187,14 @@ class _V1Converter:
                 self.path(name, f"outputs[{i}].key", f"export_configs[{i}].{key_name}")
                 self.path(name, f"outputs[{i}]", f"export_configs[{i}]")
                 # Rossum renders missing variables as "" - keep that for verbatim imports.
-                outputs.append({**cfg_known, "undefined": "lenient", "validate_output": False})
+                outputs.append(
+                    {
+                        **cfg_known,
+                        "undefined": "lenient",
+                        "jinja": "rossum",
+                        "validate_output": False,
+                    }
+                )
             step["outputs"] = outputs
         elif kind == "rest":
             picked, extra = self.take(
