@@ -120,7 +120,7 @@ def reference_render(config: PipelineConfig, item: Mapping[str, Any]) -> dict[st
     ``field`` comes from rossflow's flattening (checked by its own tests); ``payload`` not."""
     ctx = build_context(item, original_file=lambda: ORIGINAL)
     out = {}
-    env = jinja2.Environment()  # noqa: S701 - the reference engine must not autoescape
+    env = jinja2.Environment()
     for step in config.steps:
         if isinstance(step, TemplateStep):
             for output in step.outputs:
@@ -159,9 +159,7 @@ def check_config(path: Path, schemas: dict[str, Any], verbose: bool) -> dict[str
             secrets={"client_secret": "s3cr3t-value"},
             queue_id=queue_id,
         )
-        queue_config = config.model_copy(
-            update={"steps": config.steps_for_queue(queue_id)}
-        )
+        queue_config = config.model_copy(update={"steps": config.steps_for_queue(queue_id)})
         reference = reference_render(queue_config, item)
         templates = []
         for entry in entries:

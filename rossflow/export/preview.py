@@ -173,14 +173,11 @@ def preview(
             elif isinstance(step, EvaluateStep):
                 if from_replies:
                     entry["note"] = (
-                        f"not evaluated: `{step.expression}` reads values that only replies "
-                        "provide"
+                        f"not evaluated: `{step.expression}` reads values that only replies provide"
                     )
                 else:
                     outcome = run_evaluate_step(step, ctx)
-                    entry["note"] = (
-                        "passes" if outcome.passed else f"would fail: {outcome.message}"
-                    )
+                    entry["note"] = "passes" if outcome.passed else f"would fail: {outcome.message}"
             elif isinstance(step, FileStorageStep):
                 entry["uploads"] = _preview_files(step, ctx)
             elif isinstance(step, CodeStep):
@@ -280,7 +277,9 @@ async def _fetch_item(args: argparse.Namespace) -> tuple[dict[str, Any], bytes |
         queue_id = int(str(annotation["queue"]).rstrip("/").rsplit("/", 1)[-1])
         items = await client.export(queue_id, ids=[args.annotation])
         if not items:
-            raise ConfigError(f"annotation {args.annotation} is not exportable from queue {queue_id}")
+            raise ConfigError(
+                f"annotation {args.annotation} is not exportable from queue {queue_id}"
+            )
         original = await client.download_document(annotation["document"])
         return items[0], original, queue_id
 
