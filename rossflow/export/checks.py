@@ -173,6 +173,9 @@ def _check_template(problems: list[str], where: str, text: str, key: str, autoes
         problems.append(f"{where}: {exc}")
 
 
+STEP_TYPES = ("clean", "template", "rest", "soap", "sftp", "s3", "extract", "evaluate", "code")
+
+
 def _pipeline_label(data: Mapping[str, Any]) -> str:
     return f"invalid pipeline {data.get('name', '')!r}".replace(" ''", "")
 
@@ -197,6 +200,15 @@ def _format_validation_error(exc: ValidationError, data: Any) -> list[str]:
                 where.append(f".{part}" if not isinstance(part, int) else f"[{part}]")
         location = "".join(where).lstrip(".")
         msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        if err.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+            tag = (err.get("ctx") or {}).get("tag")
+            if tag and location.endswith(f".{tag}"):
+                location = location.rsplit(".", 1)[0]
+            msg = (
+                f"unknown step type {tag!r}; use one of {', '.join(STEP_TYPES)}"
+                if tag
+                else f"the step has no 'type'; use one of {', '.join(STEP_TYPES)}"
+            )
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, ConfigError) and ctx_error.problems:
             problems.extend(ctx_error.problems)

@@ -20,9 +20,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
-from rossflow.rossum import RossumClient
+from rossflow.rossum import RossumClient, RossumError
 
 from .config import (
     AuthConfig,
@@ -398,9 +399,15 @@ def run(argv: list[str] | None = None) -> int:
         else:
             item, original, fetched_queue = asyncio.run(_fetch_item(args))
             queue_id = queue_id or fetched_queue
-    except (OSError, ValueError, IndexError, ConfigError) as exc:
+    except (OSError, ValueError, IndexError, ConfigError, RossumError, httpx.HTTPError) as exc:
         print(f"rossflow render: cannot read the annotation: {exc}", file=sys.stderr)
         return 2
+    chains = sorted({q for s in config.steps for q in s.queues})
+    if queue_id is None and len(chains) > 1:
+        print(
+            f"WARNING: this file holds the chains of queues {chains}; every step is previewed "
+            "(pass --queue ID for the chain of one queue)"
+        )
     results = preview(config, item, original=original, secrets=secrets, queue_id=queue_id)
     missing = next((e["missing_secrets"] for e in results if e.get("missing_secrets")), [])
     if missing:

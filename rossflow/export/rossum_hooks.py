@@ -511,7 +511,7 @@ def from_rossum_hooks(
         for key in (hook.get("url"), hook.get("id"), base, unique):
             if key is not None:
                 alias.setdefault(str(key).rstrip("/"), unique)
-    for key in conv.code_steps:
+    for key in list(conv.code_steps):
         target = alias.get(str(key).rstrip("/"))
         if target is None:
             raise ConfigError(

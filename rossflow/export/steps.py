@@ -26,6 +26,7 @@ from rossflow.export.config import (
     ExtractStep,
     FileStorageStep,
     RestStep,
+    SoapStep,
     TemplateStep,
 )
 from rossflow.export.context import ExportContext, build_writeback_operations, datapoint_value
@@ -49,6 +50,7 @@ from rossflow.export.placeholders import (
     required_secrets,
     resolver_for,
 )
+from rossflow.export.soap import soap_fault, soap_headers
 from rossflow.export.tabular import annotation_rows, frame_to_csv, frame_to_xlsx, rows_to_frame
 from rossflow.export.templating import CONTENT_TYPES, RenderedFile, render_step, render_text
 
@@ -276,6 +278,11 @@ def prepare_request(
     req = step.request
     url = resolver.resolve_str(req.url)
     configured = {**req.headers, **auth_header_for(step, auth)}
+    if isinstance(step, SoapStep):
+        given = {k.lower() for k in configured}
+        for key, value in soap_headers(step.soap_version, step.soap_action).items():
+            if key.lower() not in given:
+                configured[key] = value
     headers = {k: resolver.resolve_str(v) for k, v in configured.items()}
     params = {k: resolver.resolve_str(v) for k, v in req.params.items()}
     lower = {k.lower() for k in headers}
@@ -450,6 +457,17 @@ def apply_response(
         ctx = ctx.with_reference(step.response_payload_reference_key, record.get("text") or "")
     code = int(record["status_code"])
     status = step.classify_status(code)
+    fault = soap_fault(record.get("text")) if isinstance(step, SoapStep) else None
+    if fault is not None:
+        error = DeliveryError(
+            f"SOAP fault {fault}",
+            step=step.name,
+            target=str(record.get("url") or step.request.url),
+            http_status=code,
+            reply=record.get("text"),
+            secrets=secrets,
+        )
+        return ctx, RestOutcome("error", code, error.message(), error)
     if status == "success":
         return ctx, RestOutcome("success", code, None)
     error = DeliveryError(
