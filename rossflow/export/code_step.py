@@ -7,8 +7,10 @@ turns the hook into a ``code`` step calling it.
 
 The function gets the payload a Rossum serverless hook gets on the export event
 (``annotation`` with ``content``, ``document``, ``settings``, ``secrets``, ``action``,
-``event`` …) plus ``rossflow`` (the reference keys and REST replies of earlier steps, which
-Rossum keeps in document relations). It answers like a hook::
+``event`` …) plus ``rossflow``: ``values`` (schema id -> value, including values written by
+earlier steps to fields the export leaves out), ``references`` and ``responses`` (artefacts
+and REST replies of earlier steps, which Rossum keeps in document relations). It answers like
+a hook::
 
     {"messages": [{"type": "error", "content": "...", "id": 123}],
      "operations": [{"op": "replace", "id": 123, "value": {"content": {"value": "42"}}}],
@@ -91,7 +93,7 @@ def hook_payload(
 ) -> dict[str, Any]:
     """The payload a Rossum serverless hook gets on ``annotation_content.export``."""
     annotation = dict(ctx.payload["annotation"])
-    annotation["content"] = ctx.content
+    annotation["content"] = _api_content(ctx.content)
     return {
         "request_id": str(uuid.uuid4()),
         "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -105,10 +107,29 @@ def hook_payload(
         "document": dict(ctx.payload["document"]),
         "rossflow": {
             "step": step.name,
+            "values": dict(ctx.values),
             "references": dict(ctx.references),
             "responses": dict(ctx.responses),
         },
     }
+
+
+_DP_CONTENT_KEYS = ("value", "normalized_value", "page", "position", "rir_confidence")
+
+
+def _api_content(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Content as the API (and so a hook payload) shapes it: a datapoint's value lives in
+    ``content`` (``{"value": …}``); the export format puts it on the node itself."""
+    out = []
+    for node in nodes:
+        node = dict(node)
+        if node.get("category") == "datapoint" and not isinstance(node.get("content"), Mapping):
+            node["content"] = {k: node.pop(k) for k in _DP_CONTENT_KEYS if k in node}
+            node["content"].setdefault("value", "")
+        if isinstance(node.get("children"), list):
+            node["children"] = _api_content(node["children"])
+        out.append(node)
+    return out
 
 
 @dataclass
