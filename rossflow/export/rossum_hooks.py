@@ -26,7 +26,7 @@ from rossflow.export.config import (
 )
 from rossflow.export.errors import ConfigError
 
-__all__ = ["convert_request_processor", "from_rossum_hooks"]
+__all__ = ["convert_request_processor", "from_rossum_hooks", "is_code_hook", "is_export_hook"]
 
 _HOOK_META_KEYS = {
     "id",
@@ -138,9 +138,9 @@ class _V1Converter:
             return "s3" if cred_type == "s3" else "sftp"
         if "condition" in settings and set(settings) <= {"condition", "message"}:
             return "evaluate"
-        if not settings and ("purge" in name or "clean" in name) and not _is_code_hook(hook):
+        if not settings and ("purge" in name or "clean" in name) and not is_code_hook(hook):
             return "clean"
-        if _is_code_hook(hook):
+        if is_code_hook(hook):
             return "code"
         return None
 
@@ -360,7 +360,7 @@ def _known_keys(model: type[BaseModel]) -> set[str]:
     return keys
 
 
-def _is_export_hook(hook: Mapping[str, Any]) -> bool:
+def is_export_hook(hook: Mapping[str, Any]) -> bool:
     events = hook.get("events")
     if not events:
         return True
@@ -370,7 +370,7 @@ def _is_export_hook(hook: Mapping[str, Any]) -> bool:
     )
 
 
-def _is_code_hook(hook: Mapping[str, Any]) -> bool:
+def is_code_hook(hook: Mapping[str, Any]) -> bool:
     """A Rossum serverless function (its code runs inside Rossum, not in rossflow)."""
     config = hook.get("config") or {}
     return hook.get("type") == "function" or bool(
@@ -547,7 +547,7 @@ def from_rossum_hooks(
         if hook.get("active") is False:
             conv.warn(f"hook {hname!r} is inactive; left out")
             kind = None
-        elif not _is_export_hook(hook):
+        elif not is_export_hook(hook):
             conv.warn(f"hook {hname!r} does not run on the Export event; left out")
             kind = None
         elif kind == "netsuite":
@@ -577,8 +577,7 @@ def from_rossum_hooks(
             f"hook {cycle[0]!r}: run_after forms a cycle ({' -> '.join(cycle)}); remove one of "
             "these run_after entries"
         )
-    if problems:
-        raise ConfigError("cannot load these Rossum hooks", problems)
+    refused = bool(problems)  # keep going: every problem is reported at once
 
     def resolve(dep: str, seen: frozenset[str] = frozenset()) -> list[str]:
         if kinds.get(dep) is not None:
@@ -611,7 +610,7 @@ def from_rossum_hooks(
         step["after"] = after
         problems.extend(_check_step(step, conv.paths.get(hname, {})))
         steps.append(step)
-    if problems:
+    if problems or refused:
         raise ConfigError("cannot load these Rossum hooks", problems)
     if not steps:
         raise ConfigError("no usable export hooks in the input", conv.warnings)
