@@ -209,6 +209,7 @@ class _V1Converter:
                     "response_headers_reference_key",
                     "response_payload_reference_key",
                     "mode",
+                    "rossum_compat_any_status_is_success",
                 },
                 where,
             )
@@ -255,11 +256,12 @@ class _V1Converter:
                     extra["auth"] = auth_extra
             if step.get("condition") == "":
                 step.pop("condition")
-            self.warn(
-                f"{where}: non-2xx replies now fail the export (Rossum counts every "
-                "status as success); set rossum_compat_any_status_is_success: true "
-                "to keep Rossum's behaviour"
-            )
+            if not step.get("rossum_compat_any_status_is_success"):
+                self.warn(
+                    f"{where}: non-2xx replies now fail the export (Rossum counts every "
+                    "status as success); set rossum_compat_any_status_is_success: true "
+                    "in its settings to keep Rossum's behaviour"
+                )
         elif kind == "extract":
             picked, extra = self.take(settings, {"extract"}, where)
             sources = []

@@ -435,3 +435,25 @@ def test_soap_headers_and_faults(ctx: ExportContext) -> None:
     record = {"status_code": 200, "text": fault11, "raw": [], "headers": {}}
     _, outcome = apply_response(step, ctx, record)
     assert outcome.status == "error" and "SOAP fault s:Client: Invalid vendor" in outcome.message
+
+
+def test_example_chain_loads_and_its_code_step_answers(ctx: ExportContext) -> None:
+    from pathlib import Path
+
+    from rossflow.export.code_step import run_code_step
+
+    example = Path(__file__).parents[2] / "examples" / "v1-chain-with-code-step.json"
+    cfg = load_pipeline(example)
+    assert cfg.warnings == []
+    step = cfg.step("Handle ERP Responses")
+    assert isinstance(step, CodeStep)
+    reply = '{"errors": {"invoice-number": ["has already been taken"]}}'
+    failed = ctx.with_reference("create_draft_reply_payload", reply)
+    failed = failed.with_values({"api1_status_code": "422"})
+    _, outcome = run_code_step(step, failed)
+    assert outcome.errors == ["<b>invoice-number</b>: has already been taken"]
+    ok = ctx.with_reference("create_draft_reply_payload", '{"id": 5}')
+    _, outcome = run_code_step(
+        step, ok.with_values({"api1_status_code": "201", "erp_document_id": "5"})
+    )
+    assert outcome.errors == [] and outcome.info == ["ERP document 5 created"]
