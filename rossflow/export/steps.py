@@ -324,7 +324,12 @@ def prepare_request(
             elif source.strip() == "#{original_file}":
                 payload = ctx.file.original_file
                 default_name = ctx.original_file_name or "document"
-                ctype = mimetypes.guess_type(default_name)[0] or "application/octet-stream"
+                # "content type taken from the saved document" (Rossum docs)
+                ctype = (
+                    str(ctx.payload["document"].get("mime_type") or "")
+                    or mimetypes.guess_type(default_name)[0]
+                    or "application/octet-stream"
+                )
             else:
                 value = resolver.resolve(source)
                 payload = value if isinstance(value, bytes) else str(value or "").encode()

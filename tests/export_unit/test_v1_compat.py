@@ -457,3 +457,12 @@ def test_example_chain_loads_and_its_code_step_answers(ctx: ExportContext) -> No
         step, ok.with_values({"api1_status_code": "201", "erp_document_id": "5"})
     )
     assert outcome.errors == [] and outcome.info == ["ERP document 5 created"]
+
+
+def test_run_summary_shows_the_pipeline_warnings() -> None:
+    from rossflow.export.report import markdown_summary
+
+    text = markdown_summary(
+        "p", [1], [], warnings=["hook 'Handle' is left out on purpose; it will NOT run"]
+    )
+    assert "## Pipeline warnings" in text and "it will NOT run" in text
