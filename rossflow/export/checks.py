@@ -54,7 +54,7 @@ def check_expressions(config: PipelineConfig) -> None:
     soft: list[str] = []
     by_name = {s.name: s for s in config.steps}
     for step in config.steps:
-        where = f"step {step.name!r}"
+        where = _step_label(step)
         if isinstance(step, TemplateStep):
             for output in step.outputs:
                 if output.tabular is None:
@@ -91,8 +91,8 @@ def check_expressions(config: PipelineConfig) -> None:
 
 
 def _step_label(step: Any) -> str:
-    hook = (step.extra.get("hook") or {}) if isinstance(step.extra, dict) else {}
-    return f"hook {step.name!r}" if hook or step.extra else f"step {step.name!r}"
+    """``hook 'X'`` for steps imported from Rossum hooks, ``step 'X'`` for native ones."""
+    return f"hook {step.name!r}" if step.extra.get("hook") else f"step {step.name!r}"
 
 
 def check_placeholders(config: PipelineConfig) -> list[str]:

@@ -8,6 +8,7 @@ preserved in ``step.extra`` and reported in ``PipelineConfig.warnings``. The Req
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -186,6 +187,11 @@ class _V1Converter:
                 key_name = "export_id" if "export_id" in cfg_known else "export_reference_key"
                 self.path(name, f"outputs[{i}].key", f"export_configs[{i}].{key_name}")
                 self.path(name, f"outputs[{i}]", f"export_configs[{i}]")
+                for internal, written in (
+                    ("template", "file_content_template"),
+                    ("template_multiline", "file_content_template_multiline"),
+                ):
+                    self.path(name, f"outputs[{i}].{internal}", f"export_configs[{i}].{written}")
                 # Rossum renders missing variables as "" - keep that for verbatim imports.
                 outputs.append(
                     {
@@ -434,9 +440,11 @@ def convert_request_processor(
     this one wait for its last stage.
     """
     try:
-        from rossflow.export import request_processor  # type: ignore[attr-defined]
-    except ImportError:
-        request_processor = None
+        request_processor = importlib.import_module("rossflow.export.request_processor")
+    except ModuleNotFoundError as exc:
+        if exc.name != "rossflow.export.request_processor":
+            raise  # the converter exists but is broken: say so, do not pretend it is absent
+        request_processor = None  # type: ignore[assignment]
     convert = getattr(request_processor, "convert_stages", None)
     if convert is None:
         raise ConfigError(
@@ -606,6 +614,9 @@ def from_rossum_hooks(
             stage_steps = convert_request_processor(hook, hname, conv.warn)
             if stage_steps:
                 stage_steps[0].setdefault("after", after)
+            for stage_step in stage_steps:
+                if hook.get("queues"):
+                    stage_step.setdefault("queues", list(hook["queues"]))
             steps.extend(stage_steps)
             continue
         step = conv.convert(hook, hname, kind)
