@@ -192,6 +192,8 @@ def preview(
                 entry["note"] = "purges artefacts of earlier runs"
         except StepError as exc:
             entry["error"] = redact(exc.with_step(step.name).message(), hide_here)
+        except Exception as exc:  # a preview reports, it never ends in a traceback
+            entry["error"] = redact(f"internal error: {type(exc).__name__}: {exc}", hide_here)
         if missing:
             entry["missing_secrets"] = missing
         out.append(entry)
