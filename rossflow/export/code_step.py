@@ -171,6 +171,12 @@ def _read_answer(step: CodeStep, ctx: ExportContext, answer: Any) -> CodeOutcome
         )
     outcome = CodeOutcome()
     for message in answer.get("messages") or []:
+        if not isinstance(message, Mapping):
+            raise StepError(
+                f"function {step.function}: message {message!r} is not an object "
+                "({'type': 'error'|'warning'|'info', 'content': '...'})",
+                step=step.name,
+            )
         kind = str(message.get("type", "info")).lower()
         text = str(message.get("content", ""))
         {"error": outcome.errors, "warning": outcome.warnings}.get(kind, outcome.info).append(
@@ -249,7 +255,13 @@ async def run_code_step_async(
 
 
 async def run_for_engine(engine: Any, step: CodeStep, doc: Any) -> bool:
-    """The engine's code-step branch: run, keep messages, write operations back."""
+    """The engine's code-step branch: run, keep messages, write operations back.
+
+    A dry run does not call the function (it may reach other systems); it says so.
+    """
+    if engine.dry_run:
+        doc.warnings.append(f"{step.name}: code step {step.function} not run in a dry run")
+        return False
     secrets = engine._secrets_for(step)
     base_url = getattr(engine.client, "base_url", None)
     doc.ctx, outcome = await run_code_step_async(
@@ -257,7 +269,7 @@ async def run_for_engine(engine: Any, step: CodeStep, doc: Any) -> bool:
     )
     doc.warnings.extend(outcome.warnings)
     outcome.raise_if_failed(step.name)
-    if outcome.operations and not engine.dry_run:
+    if outcome.operations:
         try:
             await engine.client.content_operations(doc.annotation_id, outcome.operations)
         except RossumError as exc:
