@@ -122,8 +122,13 @@ async def export_confirmed(
         ) as engine,
     ):
         for queue_id in queues:
+            # A hook's `queues` decides which steps form this queue's chain.
+            steps = [s.name for s in config.steps_for_queue(queue_id)]
+            left_out = [n for n in order if n not in steps]
+            if left_out:
+                logger.info("queue %s: steps of other queues not run: %s", queue_id, left_out)
             reports += await _export_queue(
-                engine, client, queue_id, order, batch_size, batches_in_flight, annotation_ids
+                engine, client, queue_id, steps, batch_size, batches_in_flight, annotation_ids
             )
     ledger.close()
     counts: dict[str, int] = {}
@@ -137,7 +142,14 @@ async def export_confirmed(
         description=f"Export of queues {queues}: one row per annotation (CSV: {csv_path})",
     )
     await acreate_markdown_artifact(
-        markdown_summary(config.name, queues, reports, dry_run=dry_run, csv_path=str(csv_path)),
+        markdown_summary(
+            config.name,
+            queues,
+            reports,
+            dry_run=dry_run,
+            csv_path=str(csv_path),
+            warnings=config.warnings,
+        ),
         key="export-summary",
         description="Export run summary",
     )

@@ -38,6 +38,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "erp": ("rossflow.localstack.erp", "run", "run the local ERP stand-in (HTTP)"),
     "sftp": ("rossflow.localstack.sftp_server", "run", "run a local SFTP server"),
     "s3": ("rossflow.localstack.s3_server", "run", "run a local S3-compatible server (moto)"),
+    "hooks": (
+        "rossflow.hooks_cli",
+        "run",
+        "hooks pull --queue ID: write a queue's export hooks as a pipeline file",
+    ),
     "render": (
         "rossflow.export.preview",
         "run",

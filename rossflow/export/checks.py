@@ -11,9 +11,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rossflow.export.config import EvaluateStep, PipelineConfig, TemplateStep, conditions
+from rossflow.export.code_step import check_code_steps
+from rossflow.export.config import (
+    AuthConfig,
+    EvaluateStep,
+    PipelineConfig,
+    RestStep,
+    TemplateStep,
+    conditions,
+)
 from rossflow.export.errors import ConfigError, TemplateRenderError
 from rossflow.export.evaluate import compile_condition
+from rossflow.export.placeholders import OPERATORS, find_placeholders
 from rossflow.export.templating import check_template, wants_autoescape
 
 __all__ = ["check_expressions", "validate_pipeline"]
@@ -29,6 +38,9 @@ def validate_pipeline(data: Mapping[str, Any]) -> PipelineConfig:
     except ValidationError as exc:
         raise ConfigError(_pipeline_label(data), _format_validation_error(exc, data)) from exc
     check_expressions(config)
+    problems = check_code_steps(config) + check_placeholders(config)
+    if problems:
+        raise ConfigError(_pipeline_label(data), problems)
     return config
 
 
@@ -42,7 +54,7 @@ def check_expressions(config: PipelineConfig) -> None:
     soft: list[str] = []
     by_name = {s.name: s for s in config.steps}
     for step in config.steps:
-        where = f"step {step.name!r}"
+        where = _step_label(step)
         if isinstance(step, TemplateStep):
             for output in step.outputs:
                 if output.tabular is None:
@@ -78,11 +90,90 @@ def check_expressions(config: PipelineConfig) -> None:
             config.warnings.append(message)
 
 
+def _step_label(step: Any) -> str:
+    """``hook 'X'`` for steps imported from Rossum hooks, ``step 'X'`` for native ones."""
+    return f"hook {step.name!r}" if step.extra.get("hook") else f"step {step.name!r}"
+
+
+def check_placeholders(config: PipelineConfig) -> list[str]:
+    """Placeholders no step provides: ``#{file_content}`` without ``export_reference_key``,
+    a token secret without ``auth``, unknown ``#{…}`` names and unknown ``$OPERATOR$`` keys."""
+    problems: list[str] = []
+    for step in config.steps:
+        if not isinstance(step, RestStep):
+            continue
+        where = _step_label(step)
+        req = step.request
+        parts = {
+            "request.url": req.url,
+            "request.headers": req.headers,
+            "request.params": req.params,
+            "request.content": req.content,
+            "request.data": req.data,
+            "request.file_content": req.file_content,
+            "request.file_name": req.file_name,
+            "request.request_data": req.request_data,
+        }
+        auth = config.auths.get(step.auth) if isinstance(step.auth, str) else step.auth
+        token_name = auth.cache_as if isinstance(auth, AuthConfig) else None
+        for path, value in parts.items():
+            if value in (None, {}, ""):
+                continue
+            for token in sorted(find_placeholders(value)):
+                if token.startswith("#{"):
+                    name = token[2:-1].strip()
+                    if name == "file_content" and not step.export_reference_key:
+                        problems.append(
+                            f"{where}: {path} uses #{{file_content}} but no "
+                            "export_reference_key says which templated file it is; add "
+                            "export_reference_key (the key of a template output)"
+                        )
+                    elif name not in ("file_content", "original_file"):
+                        problems.append(
+                            f"{where}: {path} uses unknown placeholder {token} (use "
+                            "#{file_content} or #{original_file})"
+                        )
+                elif token.startswith("{secret.") and token_name is None:
+                    name = token[len("{secret.") : -1].strip()
+                    if name == "access_token":
+                        problems.append(
+                            f"{where}: {path} uses {token}, which only an 'auth' block "
+                            "provides; add auth (the token request) or supply the secret "
+                            "under another name"
+                        )
+            for op in sorted(_operator_keys(value)):
+                if op not in OPERATORS and op not in _OPERATOR_ALIASES:
+                    problems.append(
+                        f"{where}: {path} uses unknown operator {op} (known: "
+                        f"{', '.join(sorted(OPERATORS))})"
+                    )
+    return problems
+
+
+_OPERATOR_ALIASES = {"$IF_DATAPOINT_VALUE"}
+
+
+def _operator_keys(value: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and key.startswith("$") and key[1:2].isupper():
+                found.add(key)
+            found |= _operator_keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _operator_keys(item)
+    return found
+
+
 def _check_template(problems: list[str], where: str, text: str, key: str, autoescape: bool) -> None:
     try:
         check_template(text, key=key, autoescape=autoescape)
     except TemplateRenderError as exc:
         problems.append(f"{where}: {exc}")
+
+
+STEP_TYPES = ("clean", "template", "rest", "soap", "sftp", "s3", "extract", "evaluate", "code")
 
 
 def _pipeline_label(data: Mapping[str, Any]) -> str:
@@ -109,6 +200,15 @@ def _format_validation_error(exc: ValidationError, data: Any) -> list[str]:
                 where.append(f".{part}" if not isinstance(part, int) else f"[{part}]")
         location = "".join(where).lstrip(".")
         msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        if err.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+            tag = (err.get("ctx") or {}).get("tag")
+            if tag and location.endswith(f".{tag}"):
+                location = location.rsplit(".", 1)[0]
+            msg = (
+                f"unknown step type {tag!r}; use one of {', '.join(STEP_TYPES)}"
+                if tag
+                else f"the step has no 'type'; use one of {', '.join(STEP_TYPES)}"
+            )
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, ConfigError) and ctx_error.problems:
             problems.extend(ctx_error.problems)

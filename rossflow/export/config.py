@@ -37,6 +37,7 @@ from rossflow.export.errors import ConfigError
 __all__ = [
     "AuthConfig",
     "CleanStep",
+    "CodeStep",
     "Defaults",
     "EvaluateStep",
     "ExportObject",
@@ -51,6 +52,7 @@ __all__ = [
     "S3Step",
     "SequenceSpec",
     "SftpStep",
+    "SoapStep",
     "StatusCodeResolver",
     "Step",
     "TemplateOutput",
@@ -97,6 +99,29 @@ class StepBase(_Model):
     extra: dict[str, Any] = Field(
         default_factory=dict, description="Unknown keys preserved from Rossum v1 input."
     )
+    queues: list[int] = Field(
+        default_factory=list,
+        description="Rossum queue ids the step runs for (a hook's 'queues'); empty: every queue.",
+    )
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _queue_ids(cls, value: Any) -> Any:
+        """Accept queue URLs (``…/queues/123``) as Rossum hooks list them."""
+        if not isinstance(value, list):
+            return value
+        out = []
+        for item in value:
+            text = str(item).rstrip("/")
+            tail = text.rsplit("/", 1)[-1]
+            if not tail.isdigit():
+                raise ValueError(f"queue {item!r} is neither a queue id nor a queue URL")
+            out.append(int(tail))
+        return out
+
+    def runs_for(self, queue_id: int | None) -> bool:
+        """Whether the step belongs to the pipeline of ``queue_id`` (None: any queue)."""
+        return queue_id is None or not self.queues or int(queue_id) in self.queues
 
 
 class CleanStep(StepBase):
@@ -111,7 +136,9 @@ class CleanStep(StepBase):
 class TemplateOutput(_Model):
     """One rendered file (Rossum ``export_configs`` entry) or a tabular CSV/XLSX export."""
 
-    key: str = Field(min_length=1, validation_alias=AliasChoices("key", "export_reference_key"))
+    key: str = Field(
+        min_length=1, validation_alias=AliasChoices("key", "export_reference_key", "export_id")
+    )
     template: str | None = Field(
         default=None, validation_alias=AliasChoices("template", "file_content_template")
     )
@@ -125,6 +152,11 @@ class TemplateOutput(_Model):
     format: Literal["xml", "json", "csv", "text"] | None = None
     autoescape: bool | None = None
     undefined: Literal["strict", "lenient"] = "strict"
+    jinja: Literal["rossflow", "rossum"] = Field(
+        default="rossflow",
+        description="'rossum': render exactly as Rossum's templating does (imported hooks): no "
+        "autoescape, trailing newline dropped, None as 'None', Jinja's HTML-safe tojson.",
+    )
     validate_output: bool = True
     # tabular options
     table: str | None = None
@@ -163,6 +195,7 @@ class TemplateOutput(_Model):
 
 _OUTPUT_KEYS = set(TemplateOutput.model_fields) | {
     "export_reference_key",
+    "export_id",
     "file_content_template",
     "file_content_template_multiline",
 }
@@ -234,6 +267,15 @@ class RestRequest(_Model):
     params: dict[str, str] = Field(default_factory=dict)
     body: Literal["raw", "json", "form", "multipart", "none"] | None = None
     content: Any = None
+    data: Any = Field(
+        default=None,
+        description="Rossum REST export 'data': a raw body string (e.g. '#{file_content}') or "
+        "a dict of form fields (multipart when the Content-Type says so).",
+    )
+    file_content: str | None = Field(
+        default=None,
+        description="The file part of a multipart body, e.g. '#{original_file}'.",
+    )
     file_name: str | None = None
     file_key: str | None = None
     request_data: dict[str, Any] = Field(default_factory=dict)
@@ -243,18 +285,39 @@ class RestRequest(_Model):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _one_body(self) -> RestRequest:
+        if self.content is not None and self.data is not None:
+            raise ValueError("give request.content or request.data, not both")
+        return self
+
+    @property
+    def payload(self) -> Any:
+        """The body template, whichever of ``content`` / ``data`` holds it."""
+        return self.content if self.content is not None else self.data
+
+    @property
+    def content_type(self) -> str:
+        """The Content-Type header as configured ('' when unset)."""
+        return {k.lower(): v for k, v in self.headers.items()}.get("content-type", "")
+
     @property
     def body_kind(self) -> Literal["raw", "json", "form", "multipart", "none"]:
         """Declared body kind, else inferred the way Rossum's examples use the fields."""
         if self.body:
             return self.body
-        if self.file_key or self.file_name:
+        ctype = self.content_type.lower()
+        if self.file_key or self.file_name or self.file_content:
             return "multipart"
-        if self.content is None:
-            return "none"
-        if isinstance(self.content, (dict, list)):
-            ctype = {k.lower(): v for k, v in self.headers.items()}.get("content-type", "")
-            return "form" if "x-www-form-urlencoded" in ctype.lower() else "json"
+        payload = self.payload
+        if payload is None:
+            return "multipart" if self.request_data else "none"
+        if isinstance(payload, (dict, list)):
+            if "multipart/form-data" in ctype and isinstance(payload, dict):
+                return "multipart"
+            if "x-www-form-urlencoded" in ctype or (self.data is not None and "json" not in ctype):
+                return "form"
+            return "json"
         return "raw"
 
 
@@ -309,6 +372,38 @@ class RestStep(StepBase):
             if isinstance(code, str) and str(status_code)[0] == code[0]:
                 return "success"
         return "error"
+
+
+class SoapStep(RestStep):
+    """SOAP/XML delivery: a templated envelope POSTed with the SOAP content type and action.
+
+    SOAP 1.1 sends ``Content-Type: text/xml; charset=utf-8`` and a ``SOAPAction`` header;
+    SOAP 1.2 sends ``application/soap+xml; charset=utf-8; action="…"``. A ``Fault`` in the
+    reply fails the step with its code and text, whatever the HTTP status. Values are read
+    from the reply with an ``extract`` step (``source_step`` + ``format: xml`` + ``xpath``).
+    """
+
+    type: Literal["soap"] = "soap"  # type: ignore[assignment]
+    soap_action: str | None = None
+    soap_version: Literal["1.1", "1.2"] = "1.1"
+
+
+class CodeStep(StepBase):
+    """A Python function in place of a Rossum serverless (code) hook.
+
+    ``function`` is ``"package.module:function"`` on the import path. It is called with the
+    payload a Rossum serverless hook gets on the export event and returns a hook answer:
+    ``{"messages": [...], "operations": [...]}`` plus, as a rossflow extension,
+    ``"references": {key: value}`` to store reference keys (declare them in ``produces``).
+    """
+
+    type: Literal["code"] = "code"
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    settings: dict[str, Any] = Field(default_factory=dict)
+    produces: list[str] = Field(default_factory=list)
+    replaces_hook: str | None = Field(
+        default=None, description="Name of the Rossum code hook this function replaces."
+    )
 
 
 class ExportObject(_Model):
@@ -498,7 +593,15 @@ class EvaluateStep(StepBase):
 
 
 Step = Annotated[
-    CleanStep | TemplateStep | RestStep | SftpStep | S3Step | ExtractStep | EvaluateStep,
+    CleanStep
+    | TemplateStep
+    | RestStep
+    | SoapStep
+    | SftpStep
+    | S3Step
+    | ExtractStep
+    | EvaluateStep
+    | CodeStep,
     Field(discriminator="type"),
 ]
 
@@ -566,6 +669,14 @@ class PipelineConfig(_Model):
             stack.extend(by_name[current].after)
         return seen
 
+    def steps_for_queue(self, queue_id: int | None) -> list[Step]:
+        """Topologically ordered steps that run for ``queue_id`` (a hook's ``queues``).
+
+        One file may hold the chains of several queues; a run for queue Q uses only the steps
+        attached to Q (and those attached to no queue).
+        """
+        return [s for s in self.topological_order() if s.runs_for(queue_id)]
+
     def produced_keys(self) -> dict[str, str]:
         """Reference key -> producing step name."""
         produced: dict[str, str] = {}
@@ -601,9 +712,6 @@ class PipelineConfig(_Model):
         soft: list[str] = []
         hard: list[str] = []
         self._check_references(hard, soft)
-        if self.origin == "rossum_v1":
-            soft.extend(hard)
-            hard = []
         if hard:
             raise ConfigError("invalid pipeline", hard)
         for message in soft:
@@ -627,34 +735,50 @@ class PipelineConfig(_Model):
                 step.filename_collision = d.filename_collision
 
     def _check_references(self, hard: list[str], soft: list[str]) -> None:
-        produced: dict[str, str] = {}
+        producers: dict[str, list[Any]] = {}
         for step in self.steps:
             for key in _produces(step):
-                if key in produced and produced[key] != step.name:
-                    hard.append(
-                        f"reference key {key!r} is produced by both {produced[key]!r} and "
-                        f"{step.name!r}"
-                    )
-                produced.setdefault(key, step.name)
+                for other in producers.get(key, []):
+                    if other.name != step.name and _share_queue(other, step):
+                        hard.append(
+                            f"reference key {key!r} is produced by both {other.name!r} and "
+                            f"{step.name!r} for the same queue (give them disjoint 'queues' or "
+                            "rename one key)"
+                        )
+                producers.setdefault(key, []).append(step)
         by_name = {s.name: s for s in self.steps}
         for step in self.steps:
             ancestors = self.ancestors(step.name)
             for key in _consumes(step):
-                producer = produced.get(key)
-                if producer is None:
-                    hard.append(
-                        f"step {step.name!r} uses reference key {key!r} that no step produces"
+                found = producers.get(key, [])
+                relevant = [p for p in found if _share_queue(p, step)]
+                if not found:
+                    # An imported hook may read a key made by a hook not in the input (a
+                    # partial chain): a warning there, an error in native pipelines.
+                    (soft if self.origin == "rossum_v1" else hard).append(
+                        f"step {step.name!r} uses reference key {key!r} that no step produces "
+                        "(add the step that produces it, or fix the key)"
                     )
-                elif producer not in ancestors:
+                elif not relevant:
                     hard.append(
-                        f"step {step.name!r} uses {key!r} from {producer!r} but does not run "
-                        f"after it (add {producer!r} to 'after')"
+                        f"step {step.name!r} uses reference key {key!r}, produced only for "
+                        f"other queues by {', '.join(repr(p.name) for p in found)}"
                     )
+                for producer in relevant:
+                    if producer.name not in ancestors:
+                        hard.append(
+                            f"step {step.name!r} uses {key!r} before it is produced: it does not "
+                            f"run after {producer.name!r} (add {producer.name!r} to its "
+                            "'after' / 'run_after')"
+                        )
             if isinstance(step, RestStep):
+                # Rossum's documented examples leave URLs blank to be filled in: a warning
+                # for imported hooks, an error in native pipelines.
+                blank = soft if self.origin == "rossum_v1" else hard
                 if not step.request.url.strip():
-                    hard.append(f"step {step.name!r}: request.url is empty")
+                    blank.append(f"step {step.name!r}: request.url is empty")
                 if isinstance(step.auth, AuthConfig) and not step.auth.url.strip():
-                    hard.append(f"step {step.name!r}: auth.url is empty")
+                    blank.append(f"step {step.name!r}: auth.url is empty")
             if (
                 isinstance(step, RestStep)
                 and isinstance(step.auth, str)
@@ -681,7 +805,14 @@ class PipelineConfig(_Model):
                         )
 
 
+def _share_queue(a: Any, b: Any) -> bool:
+    """Whether two steps can run for the same queue (no 'queues' means every queue)."""
+    return not a.queues or not b.queues or bool(set(a.queues) & set(b.queues))
+
+
 def _produces(step: Any) -> list[str]:
+    if isinstance(step, CodeStep):
+        return list(step.produces)
     if isinstance(step, TemplateStep):
         return [o.key for o in step.outputs]
     if isinstance(step, RestStep):

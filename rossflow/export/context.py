@@ -314,7 +314,10 @@ def build_payload(item: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(document_in, Mapping):
         document_in = {"url": document_in}
     schema = item.get("schema")
-    annotation = {
+    # Every annotation field of the export item (``automated``, ``confirmed_at``, …) is in
+    # Rossum's hook payload too; templates test them (``payload['annotation']['automated']``).
+    annotation = {k: v for k, v in item.items() if k not in ("content", "document", "schema")}
+    annotation |= {
         "id": item.get("id") or id_from_url(item.get("url")),
         "url": item.get("url"),
         "status": item.get("status"),
@@ -326,7 +329,8 @@ def build_payload(item: Mapping[str, Any]) -> dict[str, Any]:
         "document": document_in.get("url"),
         "content": f"{item['url']}/content" if item.get("url") else None,
     }
-    document = {
+    document = {k: v for k, v in document_in.items() if k not in ("file", "file_name")}
+    document |= {
         "id": id_from_url(document_in.get("url")),
         "url": document_in.get("url"),
         "original_file_name": document_in.get("file_name") or document_in.get("original_file_name"),

@@ -47,9 +47,11 @@ from rossflow.delivery.sftp import SftpConnectionInfo, SftpSession
 from rossflow.ledger import Ledger
 from rossflow.rossum import RossumClient, RossumError, id_from_url
 
+from . import code_step
 from .config import (
     AuthConfig,
     CleanStep,
+    CodeStep,
     EvaluateStep,
     ExtractStep,
     FileStorageStep,
@@ -509,6 +511,8 @@ class ExportEngine:
             return True
         if isinstance(step, FileStorageStep):
             return await self._files(step, doc)
+        if isinstance(step, CodeStep):
+            return await code_step.run_for_engine(self, step, doc)
         raise StepError(f"unsupported step type {type(step).__name__}", step=step.name)
 
     async def _store(
@@ -568,14 +572,20 @@ class ExportEngine:
         )
 
     async def _auth_token(
-        self, auth: AuthConfig, step: RestStep, secrets: dict[str, Any], *, refresh: bool
+        self,
+        auth: AuthConfig,
+        step: RestStep,
+        secrets: dict[str, Any],
+        *,
+        refresh: bool,
+        ctx: ExportContext | None = None,
     ) -> None:
         """Rossum v1 ``auth``: fetch a token, cache it, expose it as ``{secret.<cache_as>}``."""
-        cache_key = auth.url + "|" + json.dumps(auth.data, sort_keys=True, default=str)
+        req = prepare_auth_request(auth, secrets=secrets, step=step.name, ctx=ctx)
+        cache_key = _sha(_request_bytes(req) + json.dumps(req.headers, sort_keys=True).encode())
         async with self._token_lock:
             cached = self._tokens.get(cache_key)
             if refresh or cached is None or cached[1] <= time.monotonic():
-                req = prepare_auth_request(auth, secrets=secrets, step=step.name)
                 endpoint = RestEndpoint(
                     url=req.url,
                     method=req.method,  # type: ignore[arg-type]
@@ -613,8 +623,10 @@ class ExportEngine:
         if isinstance(auth, str):
             auth = self.pipeline.auths[auth]
         if auth is not None and not self.dry_run:
-            await self._auth_token(auth, step, secrets, refresh=False)
-        req = prepare_request(step, doc.ctx, secrets=secrets)
+            await self._auth_token(auth, step, secrets, refresh=False, ctx=doc.ctx)
+        elif auth is not None:
+            secrets.setdefault(auth.cache_as, "<token from auth>")
+        req = prepare_request(step, doc.ctx, secrets=secrets, auth=auth)
         endpoint = self._endpoint(step, req)
         doc.last_target = endpoint.display_name
         payload = _request_bytes(req)
@@ -692,8 +704,8 @@ class ExportEngine:
             )
             if result.status_code == 401 and auth is not None:
                 # Rossum's REST export re-authenticates on any 401 and tries once more.
-                await self._auth_token(auth, step, secrets, refresh=True)
-                req = prepare_request(step, doc.ctx, secrets=secrets)
+                await self._auth_token(auth, step, secrets, refresh=True, ctx=doc.ctx)
+                req = prepare_request(step, doc.ctx, secrets=secrets, auth=auth)
                 headers = {k: v for k, v in req.headers.items() if k.lower() != "content-type"}
                 result = await rest_delivery.deliver(
                     client, endpoint, body, idempotency_key=key, headers=headers

@@ -42,17 +42,28 @@ def _read_source(source: str | Path | Mapping[str, Any] | Sequence[Any]) -> Any:
         raise ConfigError(f"pipeline is neither valid YAML nor JSON: {exc}") from exc
 
 
+# Keys of the ``{"hooks": [...]}`` wrapper file (what ``rossflow hooks pull`` writes).
+HOOKS_FILE_KEYS = frozenset(
+    {"hooks", "name", "description", "code_steps", "queue", "source", "pipeline_secrets"}
+)
+
+
 def load_pipeline(
-    source: str | Path | Mapping[str, Any] | Sequence[Any], *, name: str | None = None
+    source: str | Path | Mapping[str, Any] | Sequence[Any],
+    *,
+    name: str | None = None,
+    code_steps: Mapping[str, Any] | None = None,
 ) -> PipelineConfig:
     """Load native YAML/JSON or Rossum v1 hooks (file path, text, dict or list).
 
     Rossum input is recognised as a list of hooks, a ``/v1/hooks`` page (``results``), a
-    ``{"hooks": [...]}`` wrapper or a single hook object (has ``settings``).
+    ``{"hooks": [...]}`` wrapper or a single hook object (has ``settings``). The wrapper may
+    carry ``code_steps`` (hook name -> ``"module:function"``) replacing serverless hooks;
+    ``code_steps`` given here win over the file's.
     """
     data = _read_source(source)
     if isinstance(data, list):
-        return from_rossum_hooks(data, name=name)
+        return from_rossum_hooks(data, name=name, code_steps=code_steps)
     if not isinstance(data, Mapping):
         raise ConfigError("a pipeline must be a mapping (native) or a list of Rossum hooks")
     if "steps" in data:
@@ -60,11 +71,27 @@ def load_pipeline(
             data = {**data, "name": name}
         return validate_pipeline(data)
     if isinstance(data.get("results"), list):
-        return from_rossum_hooks(data["results"], name=name)
+        return from_rossum_hooks(data["results"], name=name, code_steps=code_steps)
     if isinstance(data.get("hooks"), list):
-        return from_rossum_hooks(data["hooks"], name=name or data.get("name"))
+        unknown = sorted(set(data) - HOOKS_FILE_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"unknown top-level keys in the hooks file: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(HOOKS_FILE_KEYS))})"
+            )
+        mapping = data.get("code_steps") or {}
+        if not isinstance(mapping, Mapping):
+            raise ConfigError("code_steps must map hook names to 'module:function' strings")
+        config = from_rossum_hooks(
+            data["hooks"],
+            name=name or data.get("name"),
+            code_steps={**mapping, **(code_steps or {})},
+        )
+        if data.get("description") and not config.description:
+            config.description = str(data["description"])
+        return config
     if "settings" in data:
-        return from_rossum_hooks([data], name=name)
+        return from_rossum_hooks([data], name=name, code_steps=code_steps)
     raise ConfigError(
         "unrecognised pipeline: expected 'steps' (native) or Rossum hooks "
         "(a list, 'results' or 'hooks')"

@@ -32,6 +32,7 @@ def markdown_summary(
     dry_run: bool = False,
     csv_path: str | None = None,
     max_failures: int = 20,
+    warnings: Sequence[str] = (),
 ) -> str:
     counts = Counter(r.outcome for r in reports)
     lines = [
@@ -52,6 +53,10 @@ def markdown_summary(
             lines.append(f"| {r.annotation_id} | {r.file_name} | {message} |")
         if len(failures) > max_failures:
             lines.append(f"| … | | {len(failures) - max_failures} more in the CSV report |")
+    if warnings:
+        # Anything the loader left out or changed is shown here too, not only in the logs.
+        lines += ["", "## Pipeline warnings", ""]
+        lines += [f"- {w.replace(chr(10), ' ')}" for w in warnings]
     if csv_path:
         lines += ["", f"Full report: `{csv_path}`"]
     return "\n".join(lines) + "\n"

@@ -8,11 +8,12 @@ preserved in ``step.extra`` and reported in ``PipelineConfig.warnings``. The Req
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel
+from pydantic import AliasChoices, BaseModel, TypeAdapter, ValidationError
 
 from rossflow.export.checks import validate_pipeline
 from rossflow.export.config import (
@@ -21,11 +22,12 @@ from rossflow.export.config import (
     ExtractRule,
     PipelineConfig,
     StatusCodeResolver,
+    Step,
     TemplateVariable,
 )
 from rossflow.export.errors import ConfigError
 
-__all__ = ["from_rossum_hooks"]
+__all__ = ["convert_request_processor", "from_rossum_hooks", "is_code_hook", "is_export_hook"]
 
 _HOOK_META_KEYS = {
     "id",
@@ -64,8 +66,15 @@ _HOOK_META_KEYS = {
 class _V1Converter:
     """Turns Rossum hook objects into native step dicts, collecting warnings."""
 
-    def __init__(self) -> None:
+    def __init__(self, code_steps: Mapping[str, Any] | None = None) -> None:
         self.warnings: list[str] = []
+        self.code_steps: dict[str, Any] = dict(code_steps or {})
+        # step name -> {internal model path -> the path as the user wrote it in the hook}
+        self.paths: dict[str, dict[str, str]] = {}
+
+    def path(self, step: str, internal: str, written: str) -> None:
+        """Remember how an internal field path is spelled in the user's hook settings."""
+        self.paths.setdefault(step, {})[internal] = written
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -115,6 +124,10 @@ class _V1Converter:
     def infer_type(self, hook: Mapping[str, Any]) -> str | None:
         settings = hook.get("settings") or {}
         name = str(hook.get("name") or "").lower()
+        if _is_netsuite(settings):
+            return "netsuite"
+        if "stages" in settings:
+            return "request_processor"
         if "export_configs" in settings:
             return "template"
         if "request" in settings:
@@ -124,12 +137,12 @@ class _V1Converter:
         if "export_rules" in settings or ("exports" in settings and "path" in settings):
             cred_type = str((settings.get("credentials") or {}).get("type") or "sftp").lower()
             return "s3" if cred_type == "s3" else "sftp"
-        if "stages" in settings:
-            return "request_processor"
-        if "condition" in settings:
+        if "condition" in settings and set(settings) <= {"condition", "message"}:
             return "evaluate"
-        if not settings and ("purge" in name or "clean" in name):
+        if not settings and ("purge" in name or "clean" in name) and not is_code_hook(hook):
             return "clean"
+        if is_code_hook(hook):
+            return "code"
         return None
 
     def convert(self, hook: Mapping[str, Any], name: str, kind: str) -> dict[str, Any]:
@@ -145,6 +158,7 @@ class _V1Converter:
                     cfg,
                     {
                         "export_reference_key",
+                        "export_id",
                         "file_content_template",
                         "file_content_template_multiline",
                         "content_encoding",
@@ -165,14 +179,35 @@ class _V1Converter:
                     )
                 if cfg_extra:
                     extra.setdefault("export_configs", {})[str(i)] = cfg_extra
+                if "export_id" in cfg_known and "export_reference_key" in cfg_known:
+                    raise ConfigError(
+                        f"{where}: settings.export_configs[{i}] has both export_id and "
+                        "export_reference_key (export_id is the old name; keep one)"
+                    )
+                key_name = "export_id" if "export_id" in cfg_known else "export_reference_key"
+                self.path(name, f"outputs[{i}].key", f"export_configs[{i}].{key_name}")
+                self.path(name, f"outputs[{i}]", f"export_configs[{i}]")
+                for internal, written in (
+                    ("template", "file_content_template"),
+                    ("template_multiline", "file_content_template_multiline"),
+                ):
+                    self.path(name, f"outputs[{i}].{internal}", f"export_configs[{i}].{written}")
                 # Rossum renders missing variables as "" - keep that for verbatim imports.
-                outputs.append({**cfg_known, "undefined": "lenient", "validate_output": False})
+                outputs.append(
+                    {
+                        **cfg_known,
+                        "undefined": "lenient",
+                        "jinja": "rossum",
+                        "validate_output": False,
+                    }
+                )
             step["outputs"] = outputs
         elif kind == "rest":
             picked, extra = self.take(
                 settings,
                 {
                     "export_reference_key",
+                    "export_id",
                     "request",
                     "auth",
                     "condition",
@@ -180,12 +215,31 @@ class _V1Converter:
                     "response_headers_reference_key",
                     "response_payload_reference_key",
                     "mode",
+                    "rossum_compat_any_status_is_success",
                 },
                 where,
             )
+            if "export_id" in picked:
+                if "export_reference_key" in picked:
+                    raise ConfigError(
+                        f"{where}: settings has both export_id and export_reference_key "
+                        "(export_id is the old name; keep one)"
+                    )
+                picked["export_reference_key"] = picked.pop("export_id")
+                self.path(name, "export_reference_key", "export_id")
             request, req_extra = self.take(
                 picked.pop("request") or {},
-                {"url", "method", "headers", "content", "file_name", "file_key", "request_data"},
+                {
+                    "url",
+                    "method",
+                    "headers",
+                    "content",
+                    "data",
+                    "file_content",
+                    "file_name",
+                    "file_key",
+                    "request_data",
+                },
                 f"{where} request",
             )
             if req_extra:
@@ -208,11 +262,12 @@ class _V1Converter:
                     extra["auth"] = auth_extra
             if step.get("condition") == "":
                 step.pop("condition")
-            self.warn(
-                f"{where}: non-2xx replies now fail the export (Rossum counts every "
-                "status as success); set rossum_compat_any_status_is_success: true "
-                "to keep Rossum's behaviour"
-            )
+            if not step.get("rossum_compat_any_status_is_success"):
+                self.warn(
+                    f"{where}: non-2xx replies now fail the export (Rossum counts every "
+                    "status as success); set rossum_compat_any_status_is_success: true "
+                    "in its settings to keep Rossum's behaviour"
+                )
         elif kind == "extract":
             picked, extra = self.take(settings, {"extract"}, where)
             sources = []
@@ -268,6 +323,22 @@ class _V1Converter:
                     step["credentials"] = picked["credentials"]
         elif kind == "clean":
             pass
+        elif kind == "code":
+            spec = self.code_steps[name]
+            function, code_settings = (
+                (spec.get("function"), spec.get("settings", settings))
+                if isinstance(spec, Mapping)
+                else (spec, settings)
+            )
+            step.update(
+                function=function,
+                settings=dict(code_settings or {}),
+                replaces_hook=name,
+                produces=list(spec.get("produces", [])) if isinstance(spec, Mapping) else [],
+            )
+            self.path(name, "function", f"code_steps[{name!r}]")
+        if hook.get("queues"):
+            step["queues"] = list(hook["queues"])
         secrets = hook.get("secrets")
         if isinstance(secrets, Mapping) and secrets:
             step["secrets"] = {k: str(v) for k, v in secrets.items() if v is not None}
@@ -297,7 +368,7 @@ def _known_keys(model: type[BaseModel]) -> set[str]:
     return keys
 
 
-def _is_export_hook(hook: Mapping[str, Any]) -> bool:
+def is_export_hook(hook: Mapping[str, Any]) -> bool:
     events = hook.get("events")
     if not events:
         return True
@@ -307,15 +378,128 @@ def _is_export_hook(hook: Mapping[str, Any]) -> bool:
     )
 
 
-def from_rossum_hooks(hooks: Sequence[Any], *, name: str | None = None) -> PipelineConfig:
+def is_code_hook(hook: Mapping[str, Any]) -> bool:
+    """A Rossum serverless function (its code runs inside Rossum, not in rossflow)."""
+    config = hook.get("config") or {}
+    return hook.get("type") == "function" or bool(
+        isinstance(config, Mapping) and (config.get("runtime") or config.get("code"))
+    )
+
+
+def _is_netsuite(settings: Mapping[str, Any]) -> bool:
+    """Rossum's NetSuite connector: ``export_configs[].payload`` (SOAP calls), not templates."""
+    if "netsuite_settings" in settings:
+        return True
+    configs = settings.get("export_configs")
+    return isinstance(configs, list) and any(
+        isinstance(c, Mapping) and "payload" in c and not any("template" in k for k in c)
+        for c in configs
+    )
+
+
+def _netsuite_refusal(hook_name: str, settings: Mapping[str, Any]) -> str:
+    calls = sorted(
+        {
+            f"{p.get('method_name')}({a.get('_ns_type')})"
+            for c in settings.get("export_configs") or []
+            if isinstance(c, Mapping)
+            for p in c.get("payload") or []
+            if isinstance(p, Mapping)
+            for a in p.get("method_args") or [{}]
+            if isinstance(a, Mapping)
+        }
+    )
+    return (
+        f"hook {hook_name!r} is Rossum's NetSuite connector (settings.export_configs[].payload "
+        f"calling {', '.join(calls) or 'SuiteTalk'} with settings.netsuite_settings): rossflow "
+        "has no SuiteTalk client (WSDL-typed records, token-based OAuth1 signing), so run it as a "
+        "'soap' step with a templated envelope or as a 'code' step mapped in code_steps"
+    )
+
+
+def _code_hook_refusal(hook_name: str, hook: Mapping[str, Any]) -> str:
+    runtime = (hook.get("config") or {}).get("runtime") or "serverless"
+    return (
+        f"hook {hook_name!r} is a Rossum serverless function ({runtime}) whose code rossflow "
+        f"cannot run; map it to a Python function in the pipeline file: "
+        f'code_steps: {{"{hook_name}": "yourpackage.module:function"}} '
+        f'(or {{"{hook_name}": null}} to leave it out on purpose); see docs/code-steps.md'
+    )
+
+
+def convert_request_processor(
+    hook: Mapping[str, Any], name: str, warn: Any
+) -> list[dict[str, Any]]:
+    """THE dispatch point for Request Processor (v2 ``settings.stages``) hooks.
+
+    Returns native step dicts for the hook's stages. The converter lives in
+    :mod:`rossflow.export.request_processor` (``convert_stages(hook, name, warn)``); until
+    that module exists, such a hook is refused here with a precise error, never dropped.
+    Contract: the first returned step has no ``after`` (the loader sets the hook's
+    ``run_after`` on it), and the last one is named ``name`` so that hooks running after
+    this one wait for its last stage.
+    """
+    try:
+        request_processor = importlib.import_module("rossflow.export.request_processor")
+    except ModuleNotFoundError as exc:
+        if exc.name != "rossflow.export.request_processor":
+            raise  # the converter exists but is broken: say so, do not pretend it is absent
+        request_processor = None  # type: ignore[assignment]
+    convert = getattr(request_processor, "convert_stages", None)
+    if convert is None:
+        raise ConfigError(
+            f"hook {name!r}: Request Processor (v2 settings.stages) hooks are not supported "
+            "by this rossflow version; remove the hook or rewrite its stages as native "
+            "template/rest/extract steps"
+        )
+    steps: list[dict[str, Any]] = convert(hook, name, warn)
+    return steps
+
+
+def _cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in graph.get(node, []):
+            if state.get(dep) == 1:
+                return [*stack[stack.index(dep) :], dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def from_rossum_hooks(
+    hooks: Sequence[Any],
+    *,
+    name: str | None = None,
+    code_steps: Mapping[str, Any] | None = None,
+) -> PipelineConfig:
     """Convert Rossum v1 hook objects (verbatim) into a :class:`PipelineConfig`.
 
     A hook's ``run_after`` entries may be hook URLs, ids or names. When a hook has no
-    ``run_after`` key, it runs after the previous hook of the list. Hooks that are inactive,
-    not on the Export event, or of an unrecognised kind are skipped with a warning, and
-    dependencies on them are rewired to their own predecessors.
+    ``run_after`` key, it runs after the previous hook of the list. Hooks that are inactive or
+    not on the Export event are left out with a warning (they are not part of the export), and
+    dependencies on them are rewired to their own predecessors. Everything else runs or is
+    refused with a :class:`ConfigError` naming the hook and the key as written: a hook whose
+    kind cannot be told, a serverless code hook not mapped in ``code_steps`` (hook name ->
+    ``"module:function"``; ``None`` leaves it out on purpose, with a warning), the NetSuite
+    connector, and Request Processor hooks until their converter is installed.
     """
-    conv = _V1Converter()
+    conv = _V1Converter(code_steps)
     if not hooks:
         raise ConfigError("no hooks given")
     names: list[str] = []
@@ -337,7 +521,16 @@ def from_rossum_hooks(hooks: Sequence[Any], *, name: str | None = None) -> Pipel
         for key in (hook.get("url"), hook.get("id"), base, unique):
             if key is not None:
                 alias.setdefault(str(key).rstrip("/"), unique)
+    for key in list(conv.code_steps):
+        target = alias.get(str(key).rstrip("/"))
+        if target is None:
+            raise ConfigError(
+                f"code_steps names hook {key!r}, which is not in the input "
+                f"(hooks: {', '.join(repr(n) for n in names)})"
+            )
+        conv.code_steps[target] = conv.code_steps[key]
 
+    problems: list[str] = []
     raw_after: dict[str, list[str]] = {}
     kinds: dict[str, str | None] = {}
     for i, hook in enumerate(hooks):
@@ -351,7 +544,10 @@ def from_rossum_hooks(hooks: Sequence[Any], *, name: str | None = None) -> Pipel
                     match = re.search(r"/hooks/(\d+)/?$", str(ref))
                     target = alias.get(match.group(1)) if match else None
                 if target is None:
-                    conv.warn(f"hook {hname!r}: run_after {ref!r} is not in the input; ignored")
+                    conv.warn(
+                        f"hook {hname!r}: run_after {ref!r} is not in the input, so this "
+                        "hook runs without waiting for it"
+                    )
                 else:
                     deps.append(target)
             raw_after[hname] = deps
@@ -359,23 +555,39 @@ def from_rossum_hooks(hooks: Sequence[Any], *, name: str | None = None) -> Pipel
             raw_after[hname] = [names[i - 1]] if i > 0 else []
         kind = conv.infer_type(hook)
         if hook.get("active") is False:
-            conv.warn(f"hook {hname!r} is inactive; skipped")
+            conv.warn(f"hook {hname!r} is inactive; left out")
             kind = None
-        elif not _is_export_hook(hook):
-            conv.warn(f"hook {hname!r} does not run on the Export event; skipped")
+        elif not is_export_hook(hook):
+            conv.warn(f"hook {hname!r} does not run on the Export event; left out")
             kind = None
-        elif kind == "request_processor":
-            conv.warn(
-                f"hook {hname!r}: Request Processor (v2 'stages') settings are not "
-                "supported yet; skipped"
-            )
+        elif kind == "netsuite":
+            problems.append(_netsuite_refusal(hname, hook.get("settings") or {}))
             kind = None
+        elif kind == "code":
+            if hname not in conv.code_steps:
+                problems.append(_code_hook_refusal(hname, hook))
+                kind = None
+            elif conv.code_steps[hname] is None:
+                conv.warn(
+                    f"hook {hname!r}: serverless function left out on purpose (code_steps maps "
+                    "it to null); it will NOT run"
+                )
+                kind = None
         elif kind is None:
-            conv.warn(
+            problems.append(
                 f"hook {hname!r}: cannot tell the step type from its settings keys "
-                f"({', '.join(sorted(hook.get('settings') or {})) or 'empty'}); skipped"
+                f"({', '.join(sorted(hook.get('settings') or {})) or 'empty'}); expected "
+                "export_configs, request, extract, export_rules, stages or condition"
             )
         kinds[hname] = kind
+
+    cycle = _cycle(raw_after)
+    if cycle:
+        problems.append(
+            f"hook {cycle[0]!r}: run_after forms a cycle ({' -> '.join(cycle)}); remove one of "
+            "these run_after entries"
+        )
+    refused = bool(problems)  # keep going: every problem is reported at once
 
     def resolve(dep: str, seen: frozenset[str] = frozenset()) -> list[str]:
         if kinds.get(dep) is not None:
@@ -393,14 +605,26 @@ def from_rossum_hooks(hooks: Sequence[Any], *, name: str | None = None) -> Pipel
         kind = kinds[hname]
         if kind is None:
             continue
-        step = conv.convert(hook, hname, kind)
         after: list[str] = []
         for dep in raw_after[hname]:
             for resolved in resolve(dep):
                 if resolved not in after and resolved != hname:
                     after.append(resolved)
+        if kind == "request_processor":
+            stage_steps = convert_request_processor(hook, hname, conv.warn)
+            if stage_steps:
+                stage_steps[0].setdefault("after", after)
+            for stage_step in stage_steps:
+                if hook.get("queues"):
+                    stage_step.setdefault("queues", list(hook["queues"]))
+            steps.extend(stage_steps)
+            continue
+        step = conv.convert(hook, hname, kind)
         step["after"] = after
+        problems.extend(_check_step(step, conv.paths.get(hname, {})))
         steps.append(step)
+    if problems or refused:
+        raise ConfigError("cannot load these Rossum hooks", problems)
     if not steps:
         raise ConfigError("no usable export hooks in the input", conv.warnings)
     data = {
@@ -410,3 +634,53 @@ def from_rossum_hooks(hooks: Sequence[Any], *, name: str | None = None) -> Pipel
         "warnings": conv.warnings,
     }
     return validate_pipeline(data)
+
+
+_STEP_ADAPTER: TypeAdapter[Any] = TypeAdapter(Step)
+_INTERNAL_TO_WRITTEN = {
+    "outputs": "export_configs",
+    "sources": "extract",
+    "export_rules": "export_rules",
+}
+
+
+def _loc_text(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out.lstrip(".")
+
+
+def _written(internal: str, paths: Mapping[str, str]) -> str:
+    """The user's spelling of an internal path (longest known prefix wins)."""
+    for prefix in sorted(paths, key=len, reverse=True):
+        if internal == prefix or internal.startswith(prefix + ".") or internal.startswith(
+            prefix + "["
+        ):
+            return paths[prefix] + internal[len(prefix) :]
+    head, sep, rest = internal.partition(".")
+    bracket = head.find("[")
+    root = head if bracket < 0 else head[:bracket]
+    if root in _INTERNAL_TO_WRITTEN:
+        head = _INTERNAL_TO_WRITTEN[root] + head[len(root) :]
+    return f"{head}{sep}{rest}"
+
+
+def _check_step(step: Mapping[str, Any], paths: Mapping[str, str]) -> list[str]:
+    """Validate one converted hook; errors name the hook and the settings key as written."""
+    try:
+        _STEP_ADAPTER.validate_python(step)
+    except ValidationError as exc:
+        out = []
+        for err in exc.errors():
+            loc = list(err.get("loc", ()))
+            if loc and loc[0] == step.get("type"):
+                loc = loc[1:]  # the discriminator tag pydantic puts first
+            internal = _loc_text(loc)
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            where = f"settings.{_written(internal, paths)}" if internal else "settings"
+            if internal.startswith(("function", "queues")):
+                where = _written(internal, paths)
+            out.append(f"hook {step['name']!r}: {where}: {msg}")
+        return out
+    return []

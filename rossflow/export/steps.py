@@ -7,8 +7,10 @@ engine owns HTTP/SFTP/S3, retries and Rossum API calls.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mimetypes
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -24,6 +26,7 @@ from rossflow.export.config import (
     ExtractStep,
     FileStorageStep,
     RestStep,
+    SoapStep,
     TemplateStep,
 )
 from rossflow.export.context import ExportContext, build_writeback_operations, datapoint_value
@@ -41,7 +44,13 @@ from rossflow.export.extract import (
     headers_document,
 )
 from rossflow.export.filenames import FilenameRenderer, SequenceCounter
-from rossflow.export.placeholders import PlaceholderResolver, condition_passes, resolver_for
+from rossflow.export.placeholders import (
+    PlaceholderResolver,
+    condition_passes,
+    required_secrets,
+    resolver_for,
+)
+from rossflow.export.soap import soap_fault, soap_headers
 from rossflow.export.tabular import annotation_rows, frame_to_csv, frame_to_xlsx, rows_to_frame
 from rossflow.export.templating import CONTENT_TYPES, RenderedFile, render_step, render_text
 
@@ -53,6 +62,8 @@ __all__ = [
     "RestOutcome",
     "annotation_content_bytes",
     "apply_response",
+    "auth_header_for",
+    "encode_multipart",
     "plan_file_storage",
     "prepare_auth_request",
     "prepare_request",
@@ -167,10 +178,95 @@ def rest_gate(
     return condition_passes(step.condition, resolver_for(ctx, secrets=secrets, step=step.name))
 
 
+def _uses_secret(value: Any, name: str) -> bool:
+    return name in required_secrets(value)
+
+
+def auth_header_for(step: RestStep, auth: AuthConfig | None) -> dict[str, str]:
+    """Where the token goes: Rossum's REST export sends ``Authorization: Bearer <token>``
+    unless the request already places ``{secret.<cache_as>}`` itself (a header, the URL or
+    the params) or sets its own ``Authorization`` header."""
+    if auth is None:
+        return {}
+    req = step.request
+    placed = any(
+        _uses_secret(part, auth.cache_as) for part in (req.headers, req.url, req.params)
+    )
+    if placed or any(k.lower() == "authorization" for k in req.headers):
+        return {}
+    return {"Authorization": f"Bearer {{secret.{auth.cache_as}}}"}
+
+
+def _boundary_of(content_type: str) -> str | None:
+    match = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def encode_multipart(
+    fields: Mapping[str, str],
+    files: Mapping[str, tuple[str, bytes, str]],
+    *,
+    content_type: str = "",
+) -> tuple[bytes, str]:
+    """``multipart/form-data`` bytes and the Content-Type header that goes with them.
+
+    A boundary hard-coded in the configured Content-Type (Rossum users copy them from
+    Postman) is the one used in the body, so header and body always agree; without one the
+    boundary is derived from the parts, so the same export gives the same bytes.
+    """
+    boundary = _boundary_of(content_type)
+    header = content_type if boundary else ""
+    if boundary is None:
+        digest = hashlib.sha256()
+        for key, value in sorted(fields.items()):
+            digest.update(f"{key}\0{value}\0".encode())
+        for key, (name, data, ctype) in sorted(files.items()):
+            digest.update(f"{key}\0{name}\0{ctype}\0".encode() + data)
+        boundary = digest.hexdigest()[:32]
+    sep = f"--{boundary}".encode()
+    out: list[bytes] = []
+    for key, value in fields.items():
+        out += [
+            sep,
+            b"\r\nContent-Disposition: form-data; name=\"" + _param(key) + b"\"\r\n\r\n",
+            value.encode("utf-8"),
+            b"\r\n",
+        ]
+    for key, (name, data, ctype) in files.items():
+        out += [
+            sep,
+            b"\r\nContent-Disposition: form-data; name=\""
+            + _param(key)
+            + b"\"; filename=\""
+            + _param(name)
+            + b"\"\r\nContent-Type: "
+            + ctype.encode("latin-1")
+            + b"\r\n\r\n",
+            data,
+            b"\r\n",
+        ]
+    out.append(sep + b"--\r\n")
+    return b"".join(out), header or f"multipart/form-data; boundary={boundary}"
+
+
+def _param(value: str) -> bytes:
+    """A quoted form-data parameter, escaped like browsers and httpx do (RFC 7578 4.2)."""
+    escaped = value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D")
+    return escaped.replace("\n", "%0A").encode("utf-8")
+
+
 def prepare_request(
-    step: RestStep, ctx: ExportContext, *, secrets: Mapping[str, Any] | None = None
+    step: RestStep,
+    ctx: ExportContext,
+    *,
+    secrets: Mapping[str, Any] | None = None,
+    auth: AuthConfig | None = None,
 ) -> PreparedRequest:
-    """Resolve URL, headers and body of a REST step for one annotation."""
+    """Resolve URL, headers and body of a REST step for one annotation.
+
+    ``auth`` is the step's resolved auth block: its token is placed as Rossum places it
+    (see :func:`auth_header_for`); the engine puts the token into ``secrets`` first.
+    """
     rendered = (
         _reference_file(ctx, step.export_reference_key, step.name)
         if step.export_reference_key
@@ -181,16 +277,23 @@ def prepare_request(
     )
     req = step.request
     url = resolver.resolve_str(req.url)
-    headers = {k: resolver.resolve_str(v) for k, v in req.headers.items()}
+    configured = {**req.headers, **auth_header_for(step, auth)}
+    if isinstance(step, SoapStep):
+        given = {k.lower() for k in configured}
+        for key, value in soap_headers(step.soap_version, step.soap_action).items():
+            if key.lower() not in given:
+                configured[key] = value
+    headers = {k: resolver.resolve_str(v) for k, v in configured.items()}
     params = {k: resolver.resolve_str(v) for k, v in req.params.items()}
     lower = {k.lower() for k in headers}
     kind = req.body_kind
+    payload_template = req.payload
     content: bytes | None = None
     json_body: Any = None
     data: dict[str, str] | None = None
     files: dict[str, tuple[str, bytes, str]] | None = None
     if kind == "raw":
-        value = resolver.resolve(req.content)
+        value = resolver.resolve(payload_template)
         if isinstance(value, bytes):
             content = value
         elif isinstance(value, (dict, list)):
@@ -198,27 +301,45 @@ def prepare_request(
         else:
             content = ("" if value is None else str(value)).encode("utf-8")
         if "content-type" not in lower:
-            if rendered is not None and req.content == "#{file_content}":
+            if rendered is not None and payload_template == "#{file_content}":
                 headers["Content-Type"] = rendered.content_type
-            elif req.content == "#{original_file}":
+            elif payload_template == "#{original_file}":
                 guessed = mimetypes.guess_type(ctx.original_file_name or "")[0]
                 headers["Content-Type"] = guessed or "application/octet-stream"
     elif kind == "json":
-        json_body = resolver.resolve(req.content)
+        json_body = resolver.resolve(payload_template)
     elif kind == "form":
-        data = _as_form(req.content or {}, resolver)
+        data = _as_form(payload_template or {}, resolver)
     elif kind == "multipart":
-        file_key = req.file_key or "file"
-        if rendered is not None:
-            payload, ctype = rendered.content, rendered.content_type
-            default_name = rendered.key + rendered.extension
-        else:
-            payload = ctx.file.original_file
-            default_name = ctx.original_file_name or "document"
-            ctype = mimetypes.guess_type(default_name)[0] or "application/octet-stream"
-        name = resolver.resolve_str(req.file_name) if req.file_name else default_name
-        files = {file_key: (name, payload, ctype)}
-        data = _as_form(req.request_data, resolver)
+        fields = _as_form(req.request_data, resolver)
+        if isinstance(payload_template, Mapping):
+            fields.update(_as_form(payload_template, resolver))
+        part: dict[str, tuple[str, bytes, str]] = {}
+        if req.file_content or req.file_key or req.file_name:
+            file_key = req.file_key or "file"
+            source = req.file_content or ("#{file_content}" if rendered else "#{original_file}")
+            if source.strip() == "#{file_content}" and rendered is not None:
+                payload, ctype = rendered.content, rendered.content_type
+                default_name = rendered.key + rendered.extension
+            elif source.strip() == "#{original_file}":
+                payload = ctx.file.original_file
+                default_name = ctx.original_file_name or "document"
+                # "content type taken from the saved document" (Rossum docs)
+                ctype = (
+                    str(ctx.payload["document"].get("mime_type") or "")
+                    or mimetypes.guess_type(default_name)[0]
+                    or "application/octet-stream"
+                )
+            else:
+                value = resolver.resolve(source)
+                payload = value if isinstance(value, bytes) else str(value or "").encode()
+                default_name, ctype = file_key, "application/octet-stream"
+            name = resolver.resolve_str(req.file_name) if req.file_name else default_name
+            part = {file_key: (name, payload, ctype)}
+        declared = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+        content, header = encode_multipart(fields, part, content_type=declared)
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        headers["Content-Type"] = header
     return PreparedRequest(
         method=req.method,
         url=url,
@@ -235,10 +356,22 @@ def prepare_request(
 
 
 def prepare_auth_request(
-    auth: AuthConfig, *, secrets: Mapping[str, Any] | None = None, step: str | None = None
+    auth: AuthConfig,
+    *,
+    secrets: Mapping[str, Any] | None = None,
+    step: str | None = None,
+    ctx: ExportContext | None = None,
 ) -> PreparedRequest:
-    """Token request of an ``auth`` block (form-encoded unless configured as JSON)."""
-    resolver = PlaceholderResolver(values={}, secrets=secrets, step=step)
+    """Token request of an ``auth`` block (form-encoded unless configured as JSON).
+
+    With ``ctx``, ``@{schema_id}`` placeholders resolve in every part (url, headers, data),
+    as in Rossum's hooks that keep the token URL and client id in hidden datapoints.
+    """
+    resolver = (
+        resolver_for(ctx, secrets=secrets, step=step)
+        if ctx is not None
+        else PlaceholderResolver(values={}, secrets=secrets, step=step)
+    )
     headers = {k: resolver.resolve_str(v) for k, v in auth.headers.items()}
     body = _as_form(auth.data, resolver)
     if auth.body_kind == "json":
@@ -329,6 +462,17 @@ def apply_response(
         ctx = ctx.with_reference(step.response_payload_reference_key, record.get("text") or "")
     code = int(record["status_code"])
     status = step.classify_status(code)
+    fault = soap_fault(record.get("text")) if isinstance(step, SoapStep) else None
+    if fault is not None:
+        error = DeliveryError(
+            f"SOAP fault {fault}",
+            step=step.name,
+            target=str(record.get("url") or step.request.url),
+            http_status=code,
+            reply=record.get("text"),
+            secrets=secrets,
+        )
+        return ctx, RestOutcome("error", code, error.message(), error)
     if status == "success":
         return ctx, RestOutcome("success", code, None)
     error = DeliveryError(

@@ -171,8 +171,17 @@ class _ExportEnvironment(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
-@functools.lru_cache(maxsize=4)
-def _environment(autoescape: bool, strict: bool) -> ImmutableSandboxedEnvironment:
+@functools.lru_cache(maxsize=8)
+def _environment(
+    autoescape: bool, strict: bool, rossum: bool = False
+) -> ImmutableSandboxedEnvironment:
+    if rossum:
+        # Rossum's templating runs a plain ``jinja2.Environment()``: the trailing newline is
+        # dropped, ``None`` prints as "None" and ``tojson`` is Jinja's HTML-safe ASCII JSON.
+        env = _ExportEnvironment(autoescape=autoescape, undefined=_LENIENT, extensions=[])
+        env.filters["b64encode"] = _b64encode
+        env.filters["xml_escape"] = _xml_escape
+        return env
     env = _ExportEnvironment(
         autoescape=autoescape,
         undefined=_STRICT if strict else _LENIENT,
@@ -192,9 +201,11 @@ def _marker(key: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def compile_template(text: str, *, key: str, autoescape: bool, strict: bool = True) -> Template:
+def compile_template(
+    text: str, *, key: str, autoescape: bool, strict: bool = True, rossum: bool = False
+) -> Template:
     """Compile (cached); syntax errors raise :class:`TemplateRenderError` with the line."""
-    env = _environment(autoescape, strict)
+    env = _environment(autoescape, strict, rossum)
     try:
         code = env.compile(text, name=key, filename=_marker(key))
     except TemplateSyntaxError as exc:
@@ -225,9 +236,15 @@ def render_text(
     autoescape: bool = False,
     undefined: UndefinedMode = "strict",
     step: str | None = None,
+    rossum: bool = False,
 ) -> str:
-    """Render a template string in the sandbox; every failure is a TemplateRenderError."""
-    template = compile_template(text, key=key, autoescape=autoescape, strict=undefined == "strict")
+    """Render a template string in the sandbox; every failure is a TemplateRenderError.
+
+    ``rossum`` renders with the semantics of Rossum's own Jinja environment (imported hooks).
+    """
+    template = compile_template(
+        text, key=key, autoescape=autoescape, strict=undefined == "strict", rossum=rossum
+    )
     try:
         return template.render(dict(variables))
     except TemplateRenderError:
@@ -279,9 +296,11 @@ def output_format(output: TemplateOutput) -> str | None:
 
 
 def wants_autoescape(output: TemplateOutput) -> bool:
-    """XML outputs autoescape unless the output says otherwise."""
+    """XML outputs autoescape unless the output says otherwise (Rossum's dialect never does)."""
     if output.autoescape is not None:
         return output.autoescape
+    if output.jinja == "rossum":
+        return False
     return output_format(output) == "xml"
 
 
@@ -369,6 +388,7 @@ def render(
         autoescape=wants_autoescape(output),
         undefined=output.undefined,
         step=step,
+        rossum=output.jinja == "rossum",
     )
     if output.validate_output and output.format in ("json", "xml"):
         _check_wellformed(text, output.format, output.key)

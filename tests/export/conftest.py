@@ -58,9 +58,10 @@ class ExportRig:
         ids: list[int],
         *,
         queue: int = 1,
+        code_steps: dict[str, Any] | None = None,
         **engine_kw: Any,
     ) -> list[DocReport]:
-        config = load_pipeline(pipeline)
+        config = load_pipeline(pipeline, code_steps=code_steps)
         async with self.client() as client:
             items = await client.export(queue, ids=ids)
             async with ExportEngine(
@@ -72,7 +73,7 @@ class ExportRig:
                 **engine_kw,
             ) as engine:
                 batch = await engine.new_batch(queue, items)
-                for step in config.topological_order():
+                for step in config.steps_for_queue(queue):
                     await engine.run_step(batch, step.name)
                 return await engine.finalize(batch)
 

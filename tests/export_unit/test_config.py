@@ -242,7 +242,7 @@ def test_unknown_keys_are_preserved_and_warned(v1_settings: dict[str, Any]) -> N
     settings = v1_settings["rest_simple"]
     settings["debug"] = True
     settings["request"]["verify_ssl"] = False
-    cfg = load_pipeline([hook("rest", settings, queues=["q1"], brand_new_field=1)])
+    cfg = load_pipeline([hook("rest", settings, queues=["https://x.rossum.app/api/v1/queues/1"], brand_new_field=1)])
     step = cfg.steps[0]
     assert step.extra["debug"] is True
     assert step.extra["request"] == {"verify_ssl": False}
@@ -280,14 +280,12 @@ def test_unknown_nested_keys_do_not_crash(v1_settings: dict[str, Any]) -> None:
     assert sum("unknown settings keys" in w for w in cfg.warnings) == 5
 
 
-def test_unrecognised_inactive_and_rp_hooks_are_skipped_and_rewired(
+def test_inactive_and_non_export_hooks_are_left_out_and_rewired(
     v1_settings: dict[str, Any],
 ) -> None:
     cfg = load_pipeline(
         [
             hook("templating", v1_settings["templating_csv"]),
-            hook("mystery", {"foo": 1}),
-            hook("rp", {"stages": []}),
             hook("old", v1_settings["rest_simple"], active=False),
             hook("validation", {"condition": "True"}, events=["annotation_content.updated"]),
             hook("rest", v1_settings["rest_simple"]),
@@ -296,8 +294,21 @@ def test_unrecognised_inactive_and_rp_hooks_are_skipped_and_rewired(
     assert [s.name for s in cfg.steps] == ["templating", "rest"]
     assert cfg.step("rest").after == ["templating"]
     joined = "\n".join(cfg.warnings)
-    assert "mystery" in joined and "Request Processor" in joined and "inactive" in joined
+    assert "'old' is inactive" in joined
     assert "Export event" in joined
+
+
+def test_unrecognised_and_request_processor_hooks_are_refused(
+    v1_settings: dict[str, Any],
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(
+            [hook("templating", v1_settings["templating_csv"]), hook("mystery", {"foo": 1})]
+        )
+    assert "hook 'mystery': cannot tell the step type" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_pipeline([hook("rp", {"stages": []})])
+    assert "hook 'rp': Request Processor (v2 settings.stages)" in str(err.value)
 
 
 def test_inline_secrets_become_secretstr(v1_settings: dict[str, Any]) -> None:
@@ -509,7 +520,7 @@ def test_consumer_must_run_after_producer() -> None:
         "export_reference_key": "k",
         "request": {"url": "https://x", "content": "#{file_content}"},
     }
-    with pytest.raises(ConfigError, match="does not run after it"):
+    with pytest.raises(ConfigError, match="before it is produced"):
         load_pipeline(native(tpl("render"), rest))
     with pytest.raises(ConfigError, match="no step produces"):
         load_pipeline(native({**rest, "export_reference_key": "missing"}))
@@ -600,8 +611,10 @@ def test_topological_order_keeps_declaration_order_for_ties() -> None:
 def test_unrecognised_input() -> None:
     with pytest.raises(ConfigError, match="unrecognised"):
         load_pipeline({"foo": 1})
-    with pytest.raises(ConfigError, match="no usable export hooks"):
+    with pytest.raises(ConfigError, match="hook 'x': cannot tell the step type"):
         load_pipeline([hook("x", {"unknown": 1})])
+    with pytest.raises(ConfigError, match="no usable export hooks"):
+        load_pipeline([hook("x", {"condition": "True"}, active=False)])
 
 
 def test_pipeline_model_direct() -> None:
