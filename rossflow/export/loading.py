@@ -62,7 +62,9 @@ def load_pipeline(
     if isinstance(data.get("results"), list):
         return from_rossum_hooks(data["results"], name=name)
     if isinstance(data.get("hooks"), list):
-        return from_rossum_hooks(data["hooks"], name=name or data.get("name"))
+        return from_rossum_hooks(
+            data["hooks"], name=name or data.get("name"), compat=data.get("compat")
+        )
     if "settings" in data:
         return from_rossum_hooks([data], name=name)
     raise ConfigError(

@@ -3,7 +3,8 @@
 Hooks are taken verbatim (``[{"name", "settings", "run_after", ...}]`` as returned by
 ``GET /v1/hooks``); the step type is inferred from the settings keys, unknown keys are
 preserved in ``step.extra`` and reported in ``PipelineConfig.warnings``. The Request Processor
-(v2 ``stages``) converter belongs here too.
+(v2 ``stages``) hooks are converted by :mod:`rossflow.export.request_processor`
+into several steps each.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rossflow.export.config import (
     TemplateVariable,
 )
 from rossflow.export.errors import ConfigError
+from rossflow.export.request_processor import convert_request_processor
 
 __all__ = ["from_rossum_hooks"]
 
@@ -307,7 +309,9 @@ def _is_export_hook(hook: Mapping[str, Any]) -> bool:
     )
 
 
-def from_rossum_hooks(hooks: Sequence[Any], *, name: str | None = None) -> PipelineConfig:
+def from_rossum_hooks(
+    hooks: Sequence[Any], *, name: str | None = None, compat: Mapping[str, Any] | None = None
+) -> PipelineConfig:
     """Convert Rossum v1 hook objects (verbatim) into a :class:`PipelineConfig`.
 
     A hook's ``run_after`` entries may be hook URLs, ids or names. When a hook has no
@@ -364,12 +368,6 @@ def from_rossum_hooks(hooks: Sequence[Any], *, name: str | None = None) -> Pipel
         elif not _is_export_hook(hook):
             conv.warn(f"hook {hname!r} does not run on the Export event; skipped")
             kind = None
-        elif kind == "request_processor":
-            conv.warn(
-                f"hook {hname!r}: Request Processor (v2 'stages') settings are not "
-                "supported yet; skipped"
-            )
-            kind = None
         elif kind is None:
             conv.warn(
                 f"hook {hname!r}: cannot tell the step type from its settings keys "
@@ -377,7 +375,20 @@ def from_rossum_hooks(hooks: Sequence[Any], *, name: str | None = None) -> Pipel
             )
         kinds[hname] = kind
 
+    # A Request Processor hook becomes a chain of steps: hooks running after it follow its last.
+    rp_steps: dict[str, list[dict[str, Any]]] = {}
+    for i, hook in enumerate(hooks):
+        if kinds[names[i]] == "request_processor":
+            converted = convert_request_processor(hook, names[i], conv.warn)
+            meta = {k: v for k, v in hook.items() if k not in ("settings", "secrets", "run_after")}
+            for rp_step in converted:
+                if meta:
+                    rp_step["extra"] = {"hook": meta}
+            rp_steps[names[i]] = converted
+
     def resolve(dep: str, seen: frozenset[str] = frozenset()) -> list[str]:
+        if dep in rp_steps:
+            return [rp_steps[dep][-1]["name"]]
         if kinds.get(dep) is not None:
             return [dep]
         if dep in seen:
@@ -393,12 +404,16 @@ def from_rossum_hooks(hooks: Sequence[Any], *, name: str | None = None) -> Pipel
         kind = kinds[hname]
         if kind is None:
             continue
-        step = conv.convert(hook, hname, kind)
         after: list[str] = []
         for dep in raw_after[hname]:
             for resolved in resolve(dep):
                 if resolved not in after and resolved != hname:
                     after.append(resolved)
+        if kind == "request_processor":
+            rp_steps[hname][0]["after"] = after
+            steps.extend(rp_steps[hname])
+            continue
+        step = conv.convert(hook, hname, kind)
         step["after"] = after
         steps.append(step)
     if not steps:
@@ -409,4 +424,6 @@ def from_rossum_hooks(hooks: Sequence[Any], *, name: str | None = None) -> Pipel
         "origin": "rossum_v1",
         "warnings": conv.warnings,
     }
+    if compat:
+        data["compat"] = dict(compat)
     return validate_pipeline(data)

@@ -1,0 +1,113 @@
+"""Request Processor (Rossum export v2, ``settings.stages``) hook -> steps of the pipeline DAG.
+
+Each stage becomes up to three kinds of step, chained in Rossum's order (stage by stage;
+``evaluate`` -> ``get_content`` -> each ``call_api`` entry), so Prefect shows, retries and
+records them like v1 steps:
+
+* ``<hook>/stage-N/evaluate`` (``rp_evaluate``): the stage's conditions; the other steps of
+  the stage name it as their ``gate`` and are skipped, with a warning, when it failed;
+* ``<hook>/stage-N/get_content`` (``rp_get_content``): fills ``property.<name>``;
+* ``<hook>/stage-N/call_api:<name>`` (``rp_call``): one per ``call_api`` entry.
+
+Bad settings are refused here with the hook name and the key path as the user wrote it. The
+run-time semantics are in :mod:`rossflow.export.rp`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rossflow.export.errors import ConfigError
+from rossflow.export.rp_spec import validate_settings
+
+__all__ = ["convert_request_processor", "is_request_processor"]
+
+
+def is_request_processor(hook: Mapping[str, Any]) -> bool:
+    """A hook object whose settings hold ``stages``."""
+    settings = hook.get("settings")
+    return isinstance(settings, Mapping) and "stages" in settings
+
+
+def convert_request_processor(
+    hook: Mapping[str, Any], name: str, warn: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Step dicts (chained through ``after``; the first has none) for one RP hook."""
+    settings = hook.get("settings") or {}
+    problems, warnings = validate_settings(settings)
+    if problems:
+        raise ConfigError(
+            f"hook {name!r}: invalid Request Processor settings "
+            "(fix the keys below; rossflow refuses them instead of skipping at run time)",
+            problems,
+        )
+    for message in warnings:
+        warn(f"hook {name!r}: {message}")
+    hook_secrets = hook.get("secrets")
+    secrets = (
+        {k: str(v) for k, v in hook_secrets.items() if v is not None}
+        if isinstance(hook_secrets, Mapping)
+        else {}
+    )
+    if secrets:
+        warn(f"hook {name!r}: inline secrets imported; move them to a secret block")
+    steps: list[dict[str, Any]] = []
+    used: set[str] = set()
+
+    def add(step: dict[str, Any]) -> None:
+        base = step["name"]
+        n = 2
+        while step["name"] in used:
+            step["name"] = f"{base} ({n})"
+            n += 1
+        used.add(step["name"])
+        if steps:
+            step["after"] = [steps[-1]["name"]]
+        if secrets:
+            step["secrets"] = dict(secrets)
+        steps.append(step)
+
+    for s, stage in enumerate(settings["stages"]):
+        prefix = f"{name}/stage-{s + 1}"
+        where = f"settings.stages[{s}]"
+        common = {"hook": name, "stage": s}
+        gate = None
+        if stage.get("evaluate"):
+            gate = f"{prefix}/evaluate"
+            add(
+                {
+                    **common,
+                    "name": gate,
+                    "type": "rp_evaluate",
+                    "conditions": [dict(c) for c in stage["evaluate"]],
+                    "key_path": f"{where}.evaluate",
+                }
+            )
+            gate = steps[-1]["name"]
+        if stage.get("get_content"):
+            add(
+                {
+                    **common,
+                    "name": f"{prefix}/get_content",
+                    "type": "rp_get_content",
+                    "gate": gate,
+                    "rules": [dict(r) for r in stage["get_content"]],
+                    "key_path": f"{where}.get_content",
+                }
+            )
+        for c, call in enumerate(stage.get("call_api") or []):
+            label = str(call.get("name") or f"call-{c + 1}")
+            add(
+                {
+                    **common,
+                    "name": f"{prefix}/call_api:{label}",
+                    "type": "rp_call",
+                    "gate": gate,
+                    "call": dict(call),
+                    "key_path": f"{where}.call_api[{c}]",
+                }
+            )
+    if not steps:
+        raise ConfigError(f"hook {name!r}: the Request Processor has no stage with work to do")
+    return steps
