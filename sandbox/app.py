@@ -38,6 +38,7 @@ from starlette.types import Message, Receive
 
 from sandbox import content as ct
 from sandbox import export as ex
+from sandbox import relations
 from sandbox.config import SandboxConfig
 from sandbox.core import ADMIN_ID, ORG_ID, Sandbox, check_metadata
 from sandbox.faults import SandboxMiddleware, silence_drop_logs
@@ -1876,6 +1877,7 @@ def _routes() -> list[Route]:
         Route(f"{v1}/hooks/{{id:int}}/secrets_keys", endpoint(hook_secrets_keys), methods=["GET"]),
         Route(f"{v1}/hooks/{{id:int}}/test", endpoint(hook_test), methods=["POST"]),
         Route(f"{v1}/hooks/{{id:int}}/invoke", endpoint(hook_invoke), methods=["POST"]),
+        *relations.routes(v1, endpoint),
         Route("/_sandbox/faults", admin_faults, methods=["GET", "POST", "DELETE"]),
         Route("/_sandbox/seed", admin_seed, methods=["POST"]),
         Route("/_sandbox/confirm_all", admin_confirm_all, methods=["POST"]),

@@ -46,13 +46,23 @@ class EncodedRequest:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> httpx.Request:
+        """The httpx request, carrying its own timeout (connect, read, write, pool)."""
+        t = self.timeout_s
+        ext = {"timeout": {"connect": t, "read": t, "write": t, "pool": t}}
         if self.files is not None:
             request = httpx.Request(
-                self.method, self.url, headers=self.headers, files=self.files, data=self.data
+                self.method,
+                self.url,
+                headers=self.headers,
+                files=self.files,
+                data=self.data,
+                extensions=ext,
             )
             request.read()
             return request
-        return httpx.Request(self.method, self.url, headers=self.headers, content=self.body)
+        return httpx.Request(
+            self.method, self.url, headers=self.headers, content=self.body, extensions=ext
+        )
 
     def preview(self) -> bytes:
         """Bytes to store for operators (multipart: the encoded body)."""

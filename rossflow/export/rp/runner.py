@@ -129,7 +129,6 @@ class RequestProcessor:
         self._doc_locks: dict[int, asyncio.Lock] = {}
         self._tokens: dict[str, str] = {}
         self._token_lock = asyncio.Lock()
-        self._schema_types: dict[int, dict[str, str]] = {}
         self._run_id = uuid.uuid4().hex
         self._http = httpx.AsyncClient(
             follow_redirects=True,
@@ -161,40 +160,28 @@ class RequestProcessor:
         current = getattr(self.client, "_current_token", None)
         return current() if callable(current) else None
 
-    async def _types(self, queue_id: int) -> dict[str, str]:
-        if queue_id not in self._schema_types:
-            types: dict[str, str] = {}
-            try:
-                schema = await self.client.get_queue_schema(queue_id)
-            except (RossumError, KeyError, TypeError) as exc:
-                log.warning(
-                    "queue %s: schema not readable (%s); fields stay strings", queue_id, exc
-                )
-                schema = {}
-
-            def walk(nodes: Any) -> None:
-                for node in nodes or []:
-                    if isinstance(node, Mapping):
-                        if node.get("category") == "datapoint":
-                            types[str(node.get("id"))] = str(node.get("type") or "string")
-                        walk(node.get("children"))
-                        if isinstance(node.get("children"), Mapping):
-                            walk([node["children"]])
-
-            walk(schema.get("content"))
-            self._schema_types[queue_id] = types
-        return self._schema_types[queue_id]
-
     async def _doc(self, step: Any, doc: DocLike) -> RpDoc:
         lock = self._doc_locks.setdefault(doc.annotation_id, asyncio.Lock())
         async with lock:
             found = self.docs.get(doc.annotation_id)
             if found is not None:
                 return found
-            types = await self._types(doc.queue_id)
             payload = await self._payload(step, doc)
+            # The API content has every datapoint (with ids), as the hook sees it; the export
+            # item's content carries the schema types of the datapoints it lists.
+            types = {
+                sid: str(dp.kind) for sid, dp in FieldTree(doc.ctx.content).datapoints().items()
+            }
+            try:
+                content = await self.client.get_annotation_content(doc.annotation_id)
+            except RossumError as exc:
+                raise StepError(
+                    f"cannot read the content of annotation {doc.annotation_id}: {exc}",
+                    target="rossum",
+                    http_status=exc.status,
+                ) from exc
             found = self.docs[doc.annotation_id] = RpDoc(
-                payload=payload, fields=FieldTree(doc.ctx.content, types)
+                payload=payload, fields=FieldTree(content, types)
             )
             return found
 
@@ -506,9 +493,7 @@ class RequestProcessor:
                 )
                 credential_key = str(auth["credential_key"])
             try:
-                reply = await self._http.send(
-                    encoded.build(), extensions={"timeout": _timeout(AUTH_TIMEOUT_S)}
-                )
+                reply = await self._http.send(encoded.build())
             except httpx.HTTPError as exc:
                 raise DeliveryError(
                     f"token request failed: {type(exc).__name__}: {exc}",
@@ -648,17 +633,13 @@ class RequestProcessor:
         token_auth = isinstance(auth, Mapping) and auth.get("type") != "oauth1"
         try:
             started = time.monotonic()
-            reply = await self._http.send(
-                encoded.build(), extensions={"timeout": _timeout(encoded.timeout_s)}
-            )
+            reply = await self._http.send(encoded.build())
             if reply.status_code == 401 and token_auth:
                 # Rossum drops the token, fetches a new one and retries once.
                 token = await self._token(step, auth, refresh=True)
                 encoded = await self._render(step, state, auth, seq, item, token)
                 started = time.monotonic()
-                reply = await self._http.send(
-                    encoded.build(), extensions={"timeout": _timeout(encoded.timeout_s)}
-                )
+                reply = await self._http.send(encoded.build())
             elapsed = time.monotonic() - started
         except httpx.TimeoutException as exc:
             self.ledger.finish(key, ok=False, result={"error": type(exc).__name__})
@@ -762,8 +743,9 @@ class RequestProcessor:
         doc.ctx = doc.ctx.with_values(values)
         if self.dry_run:
             return
-        ops = build_writeback_operations(doc.ctx.content, values, step=step.name)
         try:
+            content = await self.client.get_annotation_content(doc.annotation_id)
+            ops = build_writeback_operations(content, values, step=step.name)
             await self.client.content_operations(doc.annotation_id, ops)
         except RossumError as exc:
             raise StepError(
@@ -880,10 +862,6 @@ class RequestProcessor:
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def _timeout(seconds: float) -> dict[str, float]:
-    return {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
 
 
 def _safe_url(url: str) -> str:

@@ -98,12 +98,12 @@ class FieldTree:
         self._walk(content, inside_multivalue=False)
 
     def _dp(self, node: Mapping[str, Any]) -> Datapoint:
-        content = node.get("content") or {}
-        value = content.get("value") if isinstance(content, Mapping) else None
+        """Datapoint of API content (``content.value``) or export content (``value``, ``type``)."""
+        content = node.get("content")
+        value = content.get("value") if isinstance(content, Mapping) else node.get("value")
         sid = str(node.get("schema_id"))
-        return Datapoint(
-            sid, "" if value is None else str(value), self.types.get(sid, "string"), node.get("id")
-        )
+        kind = str(node.get("type") or self.types.get(sid) or "string")
+        return Datapoint(sid, "" if value is None else str(value), kind, node.get("id"))
 
     def _row(self, node: Mapping[str, Any]) -> Any:
         if node.get("category") == "tuple":
@@ -137,6 +137,16 @@ class FieldTree:
                 if not isinstance(column, Column):
                     column = self.fields[sid] = Column(sid, [])
                 column.all_values.append(self._dp(node))
+
+    def datapoints(self) -> dict[str, Datapoint]:
+        """Every datapoint by schema id (columns included: their first value)."""
+        out: dict[str, Datapoint] = {}
+        for sid, value in self.fields.items():
+            if isinstance(value, Datapoint):
+                out[sid] = value
+            elif isinstance(value, Column) and value.all_values:
+                out[sid] = value.all_values[0]
+        return out
 
     def set_value(self, schema_id: str, value: str) -> bool:
         """Write a value (response handlers); False when the schema id is not a datapoint."""
