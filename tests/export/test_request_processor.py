@@ -4,6 +4,7 @@ OAuth1 signature check) and the local SFTP server."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -278,3 +279,301 @@ def datapoint_rows(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if found:
             return found
     return []
+
+
+# ------------------------------------------------------------------ one-call pipelines
+
+
+def one_call(request: dict[str, Any], **call: Any) -> dict[str, Any]:
+    return {
+        "name": "RP",
+        "type": "function",
+        "events": ["annotation_content.export"],
+        "settings": {"stages": [{"call_api": [{"name": "c", "request": request, **call}]}]},
+    }
+
+
+STATUS_HANDLER = {
+    "value": {"response": {"$jmespath": "status_code"}},
+    "target_key": "api1_status_code",
+    "target_type": "schema_id",
+}
+
+
+async def test_oauth1_signed_per_request_and_xml_reply(rig: ExportRig) -> None:
+    creds = {"consumer_key": "ck", "consumer_secret": "cs", "token_key": "tk", "token_secret": "ts"}
+    rig.erp.configure(
+        {
+            "require_auth": {"type": "oauth1", **creds},
+            "routes": {
+                "GET /api/record": {
+                    "status": 200,
+                    "body": "<r><rec><status>OPEN</status></rec></r>",
+                    "content_type": "application/xml",
+                }
+            },
+        },
+        merge=True,
+    )
+    ids = rig.sandbox.seed(queue=1, count=1, status="confirmed")
+    auth = {
+        "type": "oauth1",
+        "consumer_key": "{secret.ck}",
+        "consumer_secret": "{secret.cs}",
+        "token_key": "{secret.tk}",
+        "token_secret": "{secret.ts}",
+        "realm": "123_SB1",
+        "signature_method": "HMAC-SHA256",
+    }
+    hook = one_call(
+        {
+            "url": rig.erp.url + "/api/record",
+            "method": "GET",
+            "params": {"q": "{field.invoice_id.value}"},
+        },
+        auth=auth,
+        response_handlers=[
+            {
+                "value": {"response.body": {"$xmlpath": ".//rec/status"}},
+                "target_key": "cost_center",
+                "target_type": "schema_id",
+            }
+        ],
+    )
+    secrets = {"ck": "ck", "cs": "cs", "tk": "tk", "ts": "ts"}
+    reports = await rig.run(hook, ids, secrets=secrets)
+    assert reports[0].outcome == "exported", reports[0].message
+    content = await rig.content(ids[0])
+    assert datapoint(content, "cost_center")["content"]["value"] == "OPEN"
+    sent = rig.erp.received()
+    assert sent[0]["status"] == 200
+
+    # a wrong secret: the ERP rejects the signature; OAuth1 is not retried; non-2xx fails
+    ids2 = rig.sandbox.seed(queue=1, count=1, status="confirmed")
+    rig.erp.reset()
+    reports = await rig.run(hook, ids2, secrets={**secrets, "ts": "wrong"})
+    assert reports[0].outcome == "failed_export"
+    assert "HTTP 401" in reports[0].message and "compat.non_2xx" in reports[0].message
+    assert len(rig.erp.received()) == 1
+
+
+async def test_oauth2_private_certificate_jwt_assertion(rig: ExportRig) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    rig.erp.configure(
+        {"require_auth": {"type": "oauth2"}, "oauth": {"jwt_public_key": public_pem}}, merge=True
+    )
+    ids = rig.sandbox.seed(queue=1, count=1, status="confirmed")
+    hook = one_call(
+        {
+            "url": rig.erp.url + "/api/invoices",
+            "method": "POST",
+            "content_type": "json",
+            "content": {"n": "{field.invoice_id.value}"},
+            "headers": {"Authorization": "Bearer {token}"},
+        },
+        auth={
+            "type": "oauth2_private_certificate",
+            "url": rig.erp.url + "/oauth/token",
+            "client_id": "rossflow",
+            "certificate_id": "cert-1",
+            "private_certificate": "{payload.secrets.private_key}",
+            "signature_algorithm": "PS256",
+        },
+        response_handlers=[STATUS_HANDLER],
+    )
+    reports = await rig.run(hook, ids, secrets={"private_key": private_pem})
+    assert reports[0].outcome == "exported", reports[0].message
+    assertion = rig.erp.state.last_assertion
+    assert assertion["header"]["alg"] == "PS256" and assertion["header"]["kid"] == "cert-1"
+    assert assertion["claims"]["scope"] == ["rest_webservices"]
+    assert assertion["claims"]["aud"] == rig.erp.url + "/oauth/token"
+
+
+async def test_bearer_401_drops_the_token_and_retries_once(rig: ExportRig) -> None:
+    rig.erp.configure({"require_auth": {"type": "oauth2"}}, merge=True)
+    ids = rig.sandbox.seed(queue=1, count=1, status="confirmed")
+    hook = one_call(
+        {
+            "url": rig.erp.url + "/api/invoices",
+            "method": "POST",
+            "content_type": "form",
+            "content": {"attachment[url]": "{payload.annotation.url}"},
+            "headers": {"Authorization": "Bearer {token}"},
+        },
+        auth=bearer_auth(rig.erp.url),
+        response_handlers=[STATUS_HANDLER],
+    )
+    rig.erp.configure(
+        {"script": [{"status": 401, "times": 1, "path": "/api/invoices"}]}, merge=True
+    )
+    reports = await rig.run(hook, ids, secrets=SECRETS)
+    assert reports[0].outcome == "exported", reports[0].message
+    assert rig.erp.stats()["token_requests"] == 2
+    statuses = [r["status"] for r in rig.erp.received()]
+    assert statuses == [401, 201]
+    assert rig.erp.received()[1]["content_type"] == "application/x-www-form-urlencoded"
+
+
+async def test_non_2xx_fails_after_handlers_ran_unless_compat_record(rig: ExportRig) -> None:
+    rig.erp.configure(
+        {"routes": {"/api/invoices": {"status": 422, "body": {"error": "VAT id unknown"}}}},
+        merge=True,
+    )
+    ids = rig.sandbox.seed(queue=1, count=2, status="confirmed")
+    hook = one_call(
+        {"url": rig.erp.url + "/api/invoices", "method": "POST", "content": "raw text"},
+        response_handlers=[STATUS_HANDLER],
+    )
+    reports = await rig.run(hook, ids[:1])
+    assert reports[0].outcome == "failed_export"
+    assert "HTTP 422" in reports[0].message and "VAT id unknown" in reports[0].message
+    assert "[RP/stage-1/call_api:c]" in reports[0].message
+    content = await rig.content(ids[0])
+    assert datapoint(content, "api1_status_code")["content"]["value"] == "422"
+    assert rig.erp.received()[0]["body"] == "raw text"
+
+    reports = await rig.run({"hooks": [hook], "compat": {"non_2xx": "record"}}, ids[1:])
+    assert reports[0].outcome == "exported"
+    assert "HTTP 422 recorded" in reports[0].warnings
+
+
+async def test_unresolved_placeholder_fails_naming_it_or_is_skipped_by_compat(
+    rig: ExportRig,
+) -> None:
+    ids = rig.sandbox.seed(queue=1, count=3, status="confirmed")
+    hook = one_call(
+        {
+            "url": rig.erp.url + "/api/invoices",
+            "method": "POST",
+            "headers": {"X-Key": "{payload.secrets.api_key}"},
+        }
+    )
+    reports = await rig.run(hook, ids[:1])
+    assert reports[0].outcome == "failed_export"
+    assert "{payload.secrets.api_key}" in reports[0].message
+    assert "settings.stages[0].call_api[0].request" in reports[0].message
+    assert rig.erp.received() == []
+
+    reports = await rig.run(
+        {"hooks": [hook], "compat": {"unresolved_placeholder": "skip_call"}}, ids[1:2]
+    )
+    assert reports[0].outcome == "exported"
+    assert "call abandoned (compat skip_call)" in reports[0].warnings
+    assert rig.erp.received() == []
+
+    reports = await rig.run({"hooks": [hook], "compat": {"single_generic_message": True}}, ids[2:])
+    assert reports[0].message.startswith(
+        "[RP/stage-1/call_api:c] Some exception occurred during during export pipeline"
+    )
+
+
+async def test_timeout_default_fails_and_ignore_timeout_skips(rig: ExportRig) -> None:
+    rig.erp.configure({"latency_s": 1.5}, merge=True)
+    ids = rig.sandbox.seed(queue=1, count=2, status="confirmed")
+    request = {"url": rig.erp.url + "/api/slow", "method": "POST", "timeout": 0.3}
+    reports = await rig.run(one_call(request), ids[:1])
+    assert reports[0].outcome == "failed_export"
+    assert "timed out after 0.3 s" in reports[0].message
+    reports = await rig.run(one_call({**request, "ignore_timeout": True}), ids[1:])
+    assert reports[0].outcome == "exported"
+    assert "timed out" in reports[0].warnings and "ignore_timeout" in reports[0].warnings
+
+
+async def test_parent_relation_content_iterated_as_multipart_with_priority_handlers(
+    rig: ExportRig,
+) -> None:
+    ids = rig.sandbox.seed(queue=1, count=2, status="confirmed")
+    parent, child = ids
+    with _api(rig) as api:
+        api.post(
+            "/v1/relations",
+            json={
+                "type": "attachment",
+                "parent": f"{rig.sandbox.api_url}/v1/annotations/{parent}",
+                "annotations": [f"{rig.sandbox.api_url}/v1/annotations/{child}"],
+            },
+        ).raise_for_status()
+        child_doc = api.get(f"/v1/annotations/{child}").json()["document"]
+        child_bytes = api.get(child_doc + "/content").content
+    hook = {
+        "name": "RP",
+        "settings": {
+            "stages": [
+                {
+                    "get_content": [
+                        {"name": "attachments", "source": "parent_relation_content", "query": {}},
+                        {
+                            "name": "meta",
+                            "source": "explicit",
+                            "query": ["{payload.annotation.id}", "{field.invoice_id.value}"],
+                        },
+                    ],
+                    "call_api": [
+                        {
+                            "name": "upload",
+                            "request": {
+                                "url": rig.erp.url + "/api/attachments/{property.meta[0]}",
+                                "method": "POST",
+                                "iterate_over": "property.attachments",
+                                "content_type": "multipart",
+                                "content": {
+                                    "attachment[file]": [
+                                        "{item.document.original_file_name}",
+                                        "{item.content.@}",
+                                    ],
+                                    "attachment[intent]": "Supplier",
+                                },
+                            },
+                            "priority_response_handlers": [
+                                {
+                                    "condition": {"response.status_code": {"$eq": 500}},
+                                    "target_type": "schema_id",
+                                    "target_key": "cost_center",
+                                    "value": {"response": {"$jmespath": "'server error'"}},
+                                },
+                                {
+                                    "condition": {"found_value": {"$exists": True, "$ne": ""}},
+                                    "target_type": "schema_id",
+                                    "target_key": "cost_center",
+                                    "value": {"response.body": {"$jmespath": "id"}},
+                                },
+                                {
+                                    "target_type": "schema_id",
+                                    "target_key": "api1_status_code",
+                                    "value": {"response": {"$jmespath": "'never'"}},
+                                },
+                            ],
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+    reports = await rig.run(hook, [parent])
+    assert reports[0].outcome == "exported", reports[0].message
+    sent = rig.erp.received()
+    assert len(sent) == 1 and sent[0]["path"] == f"/api/attachments/{parent}"
+    assert sent[0]["content_type"].startswith("multipart/form-data")
+    content = await rig.content(parent)
+    assert datapoint(content, "cost_center")["content"]["value"].startswith("ERP-")
+    # the first matching priority handler stopped the chain
+    assert datapoint(content, "api1_status_code")["content"]["value"] != "never"
+    # the child's document was fetched through .@ and uploaded under its own name
+    parts = {p["name"]: p for p in sent[0]["parts"]}
+    upload = parts["attachment[file]"]
+    assert upload["sha256_prefix"] == hashlib.sha256(child_bytes).hexdigest()[:16]
+    assert upload["filename"] and upload["size"] == len(child_bytes)
+    assert parts["attachment[intent]"]["value"] == "Supplier"

@@ -102,6 +102,10 @@ class RpDoc:
 class _SkipCall(Exception):
     """``compat.unresolved_placeholder: skip_call``: abandon this call_api entry."""
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
 
 class RequestProcessor:
     """Executes RP steps with the engine's Rossum client, ledger and artefact store."""
@@ -390,7 +394,8 @@ class RequestProcessor:
         try:
             auth = await self._fill_strict(call.get("auth"), self._scope(step, state), step, "auth")
             items = await self._items(step, state)
-        except _SkipCall:
+        except _SkipCall as skip:
+            doc.warnings.append(f"[{step.name}] call abandoned (compat skip_call): {skip.reason}")
             return False
         if items is None:
             doc.warnings.append(
@@ -399,13 +404,19 @@ class RequestProcessor:
             )
             return False
         touched: set[str] = set()
-        for seq, item in enumerate(items):
-            try:
-                await self._one_request(step, doc, state, auth, seq, item, touched)
-            except _SkipCall:
-                return False
-        if touched:
-            await self._write_back(step, doc, state, touched)
+        try:
+            for seq, item in enumerate(items):
+                try:
+                    await self._one_request(step, doc, state, auth, seq, item, touched)
+                except _SkipCall as skip:
+                    doc.warnings.append(
+                        f"[{step.name}] call abandoned (compat skip_call): {skip.reason}"
+                    )
+                    break
+        finally:
+            # Values handled before a failure are written too (the operator sees them).
+            if touched:
+                await self._write_back(step, doc, state, touched)
         return True
 
     async def _fill_strict(self, template: Any, scope: Scope, step: RpCallStep, part: str) -> Any:
@@ -416,8 +427,7 @@ class RequestProcessor:
         except Unresolved as exc:
             where = f"{step.key_path}.{part}"
             if self.compat.unresolved_placeholder == "skip_call":
-                log.warning("[%s] %s; call abandoned (compat skip_call)", step.name, exc.reason)
-                raise _SkipCall from exc
+                raise _SkipCall(f"{where}: {exc.reason}") from exc
             raise PlaceholderError(
                 f"{where}: {exc.reason} (fix the placeholder, or set "
                 "compat.unresolved_placeholder: skip_call to abandon the call as Rossum does)"
@@ -435,7 +445,7 @@ class RequestProcessor:
             )
         except Unresolved as exc:
             if self.compat.unresolved_placeholder == "skip_call":
-                raise _SkipCall from exc
+                raise _SkipCall(f"{step.key_path}.request.iterate_over: {exc.reason}") from exc
             raise PlaceholderError(f"{step.key_path}.request.iterate_over: {exc.reason}") from exc
         if isinstance(value, Column):
             raise StepError(
@@ -596,21 +606,32 @@ class RequestProcessor:
                 "http_status": response["status_code"],
             }
         )
-        await self._handle(step, doc, state, response, seq, touched)
+        handler_error: StepError | None = None
+        try:
+            await self._handle(step, doc, state, response, seq, touched)
+        except StepError as exc:
+            handler_error = exc
         status = int(response["status_code"])
         if not 200 <= status < 300:
             if self.compat.non_2xx == "record":
                 doc.warnings.append(f"[{label}] HTTP {status} recorded (compat non_2xx: record)")
             else:
+                also = (
+                    f"; a response handler failed too: {handler_error.reason}"
+                    if handler_error
+                    else ""
+                )
                 raise StepError(
                     f"HTTP {status} from {request.get('method', '').upper()} request "
-                    "(set compat.non_2xx: record to only record it, as Rossum does)",
+                    f"(set compat.non_2xx: record to only record it, as Rossum does){also}",
                     step=step.name,
                     target=doc.last_target,
                     http_status=status,
                     reply=str(response.get("text") or ""),
                     secrets=secrets,
                 )
+        if handler_error is not None:
+            raise handler_error
 
     async def _send(
         self,
