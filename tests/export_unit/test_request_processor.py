@@ -528,3 +528,73 @@ def test_response_object_body_by_content_type_and_extractors() -> None:
     bodyless = reply(b"", None, 204)
     assert "body" not in bodyless
     assert extract({"response.body": {"$jmespath": "id"}}, bodyless, "h") is None
+
+
+@pytest.mark.parametrize(
+    ("stages", "expected"),
+    [
+        (
+            [{"call_api": [call(content={"v": "{fields.total}"})]}],
+            "settings.stages[0].call_api[0].request: placeholder {fields.total} uses unknown "
+            "name 'fields'",
+        ),
+        (
+            [{"call_api": [call(headers={"Authorization": "Bearer {token}"})]}],
+            "placeholder {token} uses unknown name 'token'",
+        ),
+        (
+            [{"call_api": [call(url="https://e/{item.id}")]}],
+            "placeholder {item.id} uses unknown name 'item'",
+        ),
+        (
+            [{"call_api": [call(content="{property.draft.content.@}")]}],
+            "placeholder {property.draft.content.@}: no earlier get_content or property "
+            "handler stores 'draft'",
+        ),
+        (
+            [{"call_api": [{**call(), "auth": {"url": "{token}", "credential_key": "t"}}]}],
+            "settings.stages[0].call_api[0].auth: placeholder {token} uses unknown name 'token'",
+        ),
+    ],
+)
+def test_placeholders_no_stage_provides_are_refused_at_load(
+    stages: list[dict[str, Any]], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(hook({"stages": stages}))
+    assert expected in str(info.value)
+
+
+def test_placeholders_provided_by_earlier_stages_load() -> None:
+    stages = [
+        {
+            "get_content": [{"name": "draft", "source": "document_relation", "query": {}}],
+            "call_api": [
+                {
+                    **call(content="{property.draft.content.@}"),
+                    "response_handlers": [
+                        {
+                            "target_type": "property",
+                            "target_key": "erp",
+                            "value": {"response.body": {"$jmespath": "id"}},
+                        }
+                    ],
+                }
+            ],
+        },
+        {
+            "call_api": [
+                {
+                    **call(
+                        url="https://e/{property.erp}/{line.sku.value}/{sequence}",
+                        iterate_over="field.line_items",
+                        iteration_item_name="line",
+                        headers={"Authorization": "Bearer {token}"},
+                    ),
+                    "auth": {"url": "https://e/token", "credential_key": "access_token"},
+                }
+            ]
+        },
+    ]
+    cfg = load_pipeline(hook({"stages": stages}))
+    assert len(cfg.steps) == 3
