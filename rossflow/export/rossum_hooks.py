@@ -418,7 +418,7 @@ def from_rossum_hooks(
         steps.append(step)
     if not steps:
         raise ConfigError("no usable export hooks in the input", conv.warnings)
-    data = {
+    data: dict[str, Any] = {
         "name": name or "rossum-v1-pipeline",
         "steps": steps,
         "origin": "rossum_v1",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import logging
@@ -303,6 +304,7 @@ class RequestProcessor:
         kind = source.removesuffix("_content")
         if kind not in state.relations:
             ann = doc.annotation_id
+            params: dict[str, Any]
             if kind == "document_relation":
                 path, params = "/v1/document_relations", {"annotation": ann}
             elif kind == "relation":
@@ -347,7 +349,7 @@ class RequestProcessor:
                 matched = [
                     rel
                     for rel in await self._list(state, doc, source)
-                    if evaluate_filter(query, lambda p, rel=rel: _dotted(rel, p))
+                    if evaluate_filter(query, functools.partial(_dotted, rel))
                 ]
                 results = await self._enrich(source, matched)
             if name in state.properties:
@@ -581,10 +583,10 @@ class RequestProcessor:
             response = _response_from_ledger(done.result["response"])
             delivery_state = "already_delivered"
         else:
-            response = await self._send(step, doc, state, auth, seq, item, encoded, key)
-            if response is None:
+            sent = await self._send(step, doc, state, auth, seq, item, encoded, key)
+            if sent is None:
                 return
-            delivery_state = "delivered"
+            response, delivery_state = sent, "delivered"
         doc.last_http_status = int(response["status_code"])
         await self.store(
             doc,
