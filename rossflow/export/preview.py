@@ -19,10 +19,11 @@ from typing import Any
 
 from rossflow.rossum import RossumClient
 
-from .config import PipelineConfig, RestStep, TemplateStep
+from .config import PipelineConfig, RestStep, RpStepBase, TemplateStep
 from .context import ExportContext, build_context
 from .errors import StepError, redact
 from .loading import load_pipeline
+from .rp.preview import preview_rp_step
 from .steps import prepare_request, rest_gate, run_template_step, step_enabled
 
 
@@ -70,6 +71,8 @@ def preview(
                     ]
                     entry["body"] = redact(body.decode("utf-8", "replace"), values).encode()
                 blocked.add(step.name)
+            elif isinstance(step, RpStepBase):  # Request Processor: offline, with markers
+                entry.update(preview_rp_step(step, ctx, secrets=secrets))
             else:
                 entry["note"] = "not run in a preview"
                 blocked.add(step.name)

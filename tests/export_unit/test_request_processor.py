@@ -431,7 +431,72 @@ def test_multipart_splits_files_and_fields() -> None:
     body = req.build().content
     assert b'name="attachment[file]"; filename="a.pdf"' in body
     assert b"Content-Type: application/pdf" in body and b"%PDF" in body
-    assert b'name="attachment[intent]"' in body and b"Supplier" in body
+    # plain fields come first and, as with requests, carry no Content-Type
+    assert body.index(b'name="attachment[intent]"\r\n\r\nSupplier') < body.index(b"%PDF")
+
+
+def _requests_prepare(**kw: Any) -> Any:
+    import requests
+
+    return requests.Request(**kw).prepare()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "content", "headers"),
+    [
+        ("json", {"a": 1, "b": ["é", None, 2.5], "c": {"d": True}}, {}),
+        ("form", {"scope": "a b", "client_id": "x&y", "n": 3}, {}),
+        (None, '{"pre": "serialised"}', {"Content-Type": "application/json"}),
+        (None, {"k": "v"}, {}),
+        ("files", {"file": ["scan.pdf", b"%PDF-1.4", "application/pdf"], "meta": "x"}, {}),
+        (
+            "multipart",
+            {"attachment[file]": ["a.eml", b"From: x", "message/rfc822"], "intent": "Email"},
+            {},
+        ),
+    ],
+)
+def test_bodies_are_byte_identical_to_requests(
+    content_type: str | None, content: Any, headers: dict[str, str]
+) -> None:
+    """Rossum's engine sends with requests: the same content gives the same bytes here."""
+    ours = encode_request(
+        method="POST",
+        url="https://erp.example/api?x=1",
+        content=content,
+        content_type=content_type,
+        headers=headers,
+        params={"fields": '["id"]'},
+        timeout_s=10,
+        step="s",
+    )
+    kw: dict[str, Any] = {
+        "method": "POST",
+        "url": "https://erp.example/api?x=1",
+        "headers": headers,
+        "params": {"fields": '["id"]'},
+    }
+    if content_type == "json":
+        kw["json"] = content
+    elif content_type == "files":
+        kw["files"] = {k: tuple(v) if isinstance(v, list) else v for k, v in content.items()}
+    elif content_type == "multipart":
+        kw["files"] = {k: tuple(v) for k, v in content.items() if isinstance(v, list)}
+        kw["data"] = {k: v for k, v in content.items() if not isinstance(v, list)}
+    else:
+        kw["data"] = content
+    theirs = _requests_prepare(**kw)
+    body = ours.body or b""
+    their_type = theirs.headers.get("Content-Type", "")
+    if "boundary=" in their_type:
+        boundary = their_type.split("boundary=")[1]
+        ours_boundary = ours.headers["Content-Type"].split("boundary=")[1]
+        body = body.replace(ours_boundary.encode(), boundary.encode())
+        assert ours.headers["Content-Type"].split(";")[0] == their_type.split(";")[0]
+    else:
+        assert ours.headers.get("Content-Type", "") == their_type
+    assert body == (theirs.body.encode() if isinstance(theirs.body, str) else theirs.body)
+    assert httpx.URL(ours.url) == httpx.URL(theirs.url)
 
 
 def test_oauth1_header_verifies_with_oauthlib() -> None:

@@ -11,7 +11,9 @@ rest as fields. Auth: ``bearer`` (token request, ``{token}``), ``oauth1`` (a sig
 
 from __future__ import annotations
 
+import binascii
 import json
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,8 +42,6 @@ class EncodedRequest:
     url: str
     headers: dict[str, str]
     body: bytes | None = None
-    files: dict[str, tuple[str | None, bytes, str | None]] | None = None
-    data: dict[str, str] | None = None
     timeout_s: float = 10.0
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -49,25 +49,12 @@ class EncodedRequest:
         """The httpx request, carrying its own timeout (connect, read, write, pool)."""
         t = self.timeout_s
         ext = {"timeout": {"connect": t, "read": t, "write": t, "pool": t}}
-        if self.files is not None:
-            request = httpx.Request(
-                self.method,
-                self.url,
-                headers=self.headers,
-                files=self.files,
-                data=self.data,
-                extensions=ext,
-            )
-            request.read()
-            return request
         return httpx.Request(
             self.method, self.url, headers=self.headers, content=self.body, extensions=ext
         )
 
     def preview(self) -> bytes:
-        """Bytes to store for operators (multipart: the encoded body)."""
-        if self.files is not None:
-            return self.build().content
+        """Bytes to store for operators."""
         return self.body or b""
 
 
@@ -109,12 +96,43 @@ def with_params(url: str, params: Mapping[str, Any] | None) -> str:
 
 
 def _file_tuple(name: str, value: Any) -> tuple[str | None, bytes, str | None]:
+    """``requests``: ``[filename, content, mime]``; a bare value is a file named after the key."""
     if isinstance(value, (list, tuple)):
-        filename = None if value[0] is None else str(value[0]) if len(value) > 0 else None
+        filename = None if not value or value[0] is None else str(value[0])
         content = _to_bytes(value[1]) if len(value) > 1 else b""
         mime = str(value[2]) if len(value) > 2 and value[2] else None
         return filename, content, mime
     return name, _to_bytes(value), None
+
+
+def _quote(value: str) -> str:
+    return value.translate({10: "%0A", 13: "%0D", 34: "%22"})
+
+
+def multipart_body(
+    fields: list[tuple[str, bytes]],
+    files: list[tuple[str, tuple[str | None, bytes, str | None]]],
+    boundary: str | None = None,
+) -> tuple[bytes, str]:
+    """``requests``' ``_encode_files`` (urllib3 ``encode_multipart_formdata``): plain fields
+    first, then files; a part has a ``Content-Type`` only when a mime type was given."""
+    boundary = boundary or binascii.hexlify(os.urandom(16)).decode()
+    out = bytearray()
+    parts: list[tuple[str, str | None, str | None, bytes]] = [
+        (name, None, None, data) for name, data in fields
+    ] + [(name, fname, mime, data) for name, (fname, data, mime) in files]
+    for name, filename, mime, data in parts:
+        disposition = f'form-data; name="{_quote(name)}"'
+        if filename is not None:
+            disposition += f'; filename="{_quote(filename)}"'
+        headers = [f"Content-Disposition: {disposition}"]
+        if mime:
+            headers.append(f"Content-Type: {mime}")
+        out += f"--{boundary}\r\n".encode("latin-1")
+        out += ("\r\n".join(headers) + "\r\n\r\n").encode()
+        out += data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode("latin-1")
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
 
 
 def encode_request(
@@ -148,14 +166,16 @@ def encode_request(
                 f"{type(content).__name__}",
                 step=step,
             )
-        files: dict[str, tuple[str | None, bytes, str | None]] = {}
-        data: dict[str, str] = {}
+        files: list[tuple[str, tuple[str | None, bytes, str | None]]] = []
+        data: list[tuple[str, bytes]] = []
         for key, value in items.items():
             if content_type == "files" or isinstance(value, (list, tuple)):
-                files[str(key)] = _file_tuple(str(key), value)
+                files.append((str(key), _file_tuple(str(key), value)))
             elif value is not None:
-                data[str(key)] = value if isinstance(value, str) else json.dumps(value)
-        req.files, req.data = files, data or None
+                data.append((str(key), _to_bytes(value)))
+        req.body, ctype = multipart_body(data, files)
+        if not _has_header(hdrs, "content-type"):
+            hdrs["Content-Type"] = ctype
     elif content is not None:  # form, raw
         if isinstance(content, (Mapping, list)):
             req.body = _form(content)

@@ -916,12 +916,12 @@ def _effect_key(annotation_id: int, step: str, seq: int, encoded: EncodedRequest
     digest = hashlib.sha256()
     for part in (str(annotation_id), step, str(seq), encoded.method, _safe_url(encoded.url)):
         digest.update(part.encode() + b"\n")
-    if encoded.files is None:
-        digest.update(encoded.body or b"")
-    else:
-        for name, (fname, data, mime) in sorted(encoded.files.items()):
-            digest.update(f"{name}|{fname}|{mime}|".encode() + hashlib.sha256(data).digest())
-        digest.update(json.dumps(encoded.data or {}, sort_keys=True).encode())
+    body = encoded.body or b""
+    ctype = next((v for k, v in encoded.headers.items() if k.lower() == "content-type"), "")
+    boundary = ctype.partition("boundary=")[2]
+    if boundary:  # multipart: the random boundary is not part of the identity
+        body = body.replace(boundary.encode(), b"")
+    digest.update(body)
     return "rp:" + digest.hexdigest()
 
 

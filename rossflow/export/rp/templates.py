@@ -223,6 +223,8 @@ def _step(value: Any, segment: str | int) -> Any:
     if isinstance(segment, int):
         if isinstance(value, (list, tuple)) and -len(value) <= segment < len(value):
             return value[segment]
+        if isinstance(value, Mapping) and segment in value:
+            return value[segment]
         raise _Missing(f"no item [{segment}]")
     if isinstance(value, Mapping):
         if segment in value:
@@ -249,6 +251,9 @@ async def resolve_path(
         raise Unresolved(path, f"unknown name {head!r}") from None
     for segment in segments[1:]:
         if segment == "@":
+            if fetch is not None and hasattr(value, "path") and isinstance(value, Mapping):
+                value = await fetch(str(value))  # a preview marker: the fetcher names it
+                continue
             if fetch is None or not isinstance(value, str):
                 continue
             if not value.startswith(("http://", "https://")):
