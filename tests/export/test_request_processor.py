@@ -577,3 +577,86 @@ async def test_parent_relation_content_iterated_as_multipart_with_priority_handl
     assert upload["sha256_prefix"] == hashlib.sha256(child_bytes).hexdigest()[:16]
     assert upload["filename"] and upload["size"] == len(child_bytes)
     assert parts["attachment[intent]"]["value"] == "Supplier"
+
+
+def direct_export_hook(credentials: dict[str, Any], secrets: dict[str, Any]) -> dict[str, Any]:
+    return one_call(
+        {
+            "url": "{payload.base_url}/svc/file-storage-export/api/v1/direct_export",
+            "method": "POST",
+            "headers": {"Authorization": "Bearer {payload.rossum_authorization_token}"},
+            "content_type": "json",
+            "content": {
+                "request_id": "{payload.request_id}",
+                "settings": {
+                    "credentials": credentials,
+                    "export_rule": {
+                        "path_to_directory": "/in",
+                        "filename_collision": {"replace": True},
+                    },
+                },
+                "secrets": secrets,
+                "payload": "{base64(payload)}",
+                "filename": "doc_{payload.annotation.id}",
+            },
+        },
+        response_handlers=[STATUS_HANDLER],
+    )
+
+
+async def test_direct_export_to_s3(rig: ExportRig, s3_server: Any, s3_bucket: Any) -> None:
+    ids = rig.sandbox.seed(queue=1, count=1, status="confirmed")
+    hook = direct_export_hook(
+        {
+            "type": "s3",
+            "bucket_name": s3_bucket.bucket_name,
+            "endpoint_url": s3_server.endpoint_url,
+            "region": s3_server.region,
+        },
+        {"access_key_id": "{secret.key_id}", "secret_access_key": "{secret.key}"},
+    )
+    secrets = {"key_id": s3_server.access_key_id, "key": s3_server.secret_access_key}
+    reports = await rig.run(hook, ids, secrets=secrets)
+    assert reports[0].outcome == "exported", reports[0].message
+    with _api(rig) as api:
+        doc_url = api.get(f"/v1/annotations/{ids[0]}").json()["document"]
+        original = api.get(doc_url + "/content").content
+    obj = s3_server.boto3_client().get_object(
+        Bucket=s3_bucket.bucket_name, Key=f"in/doc_{ids[0]}.txt"
+    )
+    assert obj["Body"].read() == original
+    content = await rig.content(ids[0])
+    assert datapoint(content, "api1_status_code")["content"]["value"] == "200"
+
+
+async def test_a_rerun_reuses_recorded_replies_and_sends_nothing_twice(rig: ExportRig) -> None:
+    ids = rig.sandbox.seed(queue=1, count=2, status="confirmed")
+    hook = one_call(
+        {
+            "url": rig.erp.url + "/api/invoices",
+            "method": "POST",
+            "content_type": "json",
+            "content": {"number": "{field.invoice_id.value}"},
+        },
+        response_handlers=[
+            STATUS_HANDLER,
+            {
+                "value": {"response.body": {"$jmespath": "id"}},
+                "target_key": "erp_document_id",
+                "target_type": "schema_id",
+            },
+        ],
+    )
+    first = await rig.run(hook, ids)
+    assert [r.outcome for r in first] == ["exported"] * 2
+    assert rig.erp.stats()["requests"] == 2
+    erp_ids = [datapoint(await rig.content(i), "erp_document_id")["content"]["value"] for i in ids]
+    # the same annotations again (e.g. a Prefect retry of the step after a crash)
+    for ann_id in ids:
+        rig.sandbox.force_status(ann_id, "confirmed")
+    again = await rig.run(hook, ids)
+    assert [r.outcome for r in again] == ["exported"] * 2
+    assert rig.erp.stats()["requests"] == 2  # nothing sent twice
+    assert [
+        datapoint(await rig.content(i), "erp_document_id")["content"]["value"] for i in ids
+    ] == erp_ids
