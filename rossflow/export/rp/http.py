@@ -189,7 +189,9 @@ def encode_request(
 # ------------------------------------------------------------------------------ auth
 
 
-def token_from_reply(reply: httpx.Response, credential_key: str, step: str) -> str:
+def token_from_reply(
+    reply: httpx.Response, credential_key: str, step: str, secrets: list[str] | None = None
+) -> str:
     """The token at ``credential_key`` (a dot path) of a token reply."""
     try:
         data: Any = reply.json()
@@ -204,6 +206,7 @@ def token_from_reply(reply: httpx.Response, credential_key: str, step: str) -> s
             target=str(reply.request.url.copy_with(query=None)),
             http_status=reply.status_code,
             reply=reply.text,
+            secrets=secrets,
         )
     return str(data)
 

@@ -513,7 +513,7 @@ class RequestProcessor:
                     target=_safe_url(encoded.url),
                     retryable=True,
                 ) from exc
-            token = token_from_reply(reply, credential_key, step.name)
+            token = token_from_reply(reply, credential_key, step.name, self._secret_list(step))
             self._tokens[key] = token
             return token
 

@@ -299,12 +299,23 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _unwrap(value: Any) -> Any:
+    """Datapoints inside a filled value become their typed values (rows, ``all_values``)."""
+    if isinstance(value, Datapoint):
+        return value.typed()
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _unwrap(v) for k, v in value.items()}
+    return value
+
+
 async def _placeholder(
     match: re.Match[str], scope: Scope, fetch: Fetcher | None, strict: bool
 ) -> Any:
     if match.group(1):
-        return _b64(await resolve_path(match.group(2), scope, fetch=fetch, strict=strict))
-    return await resolve_path(match.group(3), scope, fetch=fetch, strict=strict)
+        return _b64(_unwrap(await resolve_path(match.group(2), scope, fetch=fetch, strict=strict)))
+    return _unwrap(await resolve_path(match.group(3), scope, fetch=fetch, strict=strict))
 
 
 async def fill(template: Any, scope: Scope, *, fetch: Fetcher | None, strict: bool) -> Any:
