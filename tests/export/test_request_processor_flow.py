@@ -99,6 +99,15 @@ async def test_flow_runs_each_stage_as_a_task_with_secrets_from_the_block(
                 id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
             )
         )
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        arts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["export-summary"])),
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            ),
+        )
+    assert arts and "stage 2 skipped by condition 'failed'" in str(arts[0].data)
     names = {r.name.rsplit(" q", 1)[0] for r in runs}
     assert {
         "RP/stage-1/call_api:create",
