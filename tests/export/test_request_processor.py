@@ -660,3 +660,51 @@ async def test_a_rerun_reuses_recorded_replies_and_sends_nothing_twice(rig: Expo
     assert [
         datapoint(await rig.content(i), "erp_document_id")["content"]["value"] for i in ids
     ] == erp_ids
+
+
+async def test_several_writes_to_one_field_collapse_like_rossum_with_a_warning(
+    rig: ExportRig,
+) -> None:
+    ids = rig.sandbox.seed(queue=1, count=1, status="confirmed")
+    hook = {
+        "name": "RP",
+        "settings": {
+            "stages": [
+                {
+                    "get_content": [
+                        {"name": "parts", "source": "explicit", "query": ["a", "b"]},
+                    ],
+                    "call_api": [
+                        {
+                            "name": "each",
+                            "request": {
+                                "url": rig.erp.url + "/api/parts/{part}",
+                                "method": "POST",
+                                "iterate_over": "property.parts",
+                                "iteration_item_name": "part",
+                                "content_type": "json",
+                                "content": {"part": "{part}", "n": "{sequence}"},
+                            },
+                            "response_handlers": [
+                                {
+                                    "value": {"response.body": {"$jmespath": "id"}},
+                                    "target_key": "erp_document_id",
+                                    "target_type": "schema_id",
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+    reports = await rig.run(hook, ids)
+    assert reports[0].outcome == "exported", reports[0].message
+    sent = rig.erp.received()
+    assert [(r["path"], r["json"]) for r in sent] == [
+        ("/api/parts/a", {"part": "a", "n": 0}),
+        ("/api/parts/b", {"part": "b", "n": 1}),
+    ]
+    stored = datapoint(await rig.content(ids[0]), "erp_document_id")["content"]["value"]
+    assert stored == str([r["document_id"] for r in sent])
+    assert "2 writes to 'erp_document_id'" in reports[0].warnings

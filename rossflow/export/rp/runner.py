@@ -38,7 +38,7 @@ from rossflow.export.config import (
     RpEvaluateStep,
     RpGetContentStep,
 )
-from rossflow.export.context import build_writeback_operations, to_datapoint_value
+from rossflow.export.context import build_writeback_operations
 from rossflow.export.errors import DeliveryError, PlaceholderError, StepError
 from rossflow.export.rp.filters import evaluate_filter
 from rossflow.export.rp.handlers import extract
@@ -734,7 +734,7 @@ class RequestProcessor:
                 doc.warnings.append(f"[{step.name}] property {key!r} overwritten")
             state.properties[key] = value
         elif target == "schema_id":
-            if not state.fields.set_value(key, to_datapoint_value(value)):
+            if not state.fields.set_value(key, _field_text(value)):
                 raise StepError(
                     f"{where}: target_key {key!r} is not a datapoint of the annotation "
                     "(add it to the schema, e.g. as a hidden 'data' field)"
@@ -761,8 +761,9 @@ class RequestProcessor:
                     "as one list text, as Rossum does; use target_key '..._{sequence}' to "
                     "keep them apart"
                 )
-        for key, value in values.items():
-            state.fields.set_value(key, to_datapoint_value(value))
+        # Later stages read the last value written (set by the handler); the annotation gets
+        # Rossum's end-of-run value: the one write, or the list text of several.
+        values = {k: _field_text(v) for k, v in values.items()}
         doc.ctx = doc.ctx.with_values(values)
         if self.dry_run:
             return
@@ -885,6 +886,17 @@ class RequestProcessor:
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+def _field_text(value: Any) -> str:
+    """What a datapoint holds after Rossum's handler wrote ``value`` (dicts as JSON)."""
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 def _safe_url(url: str) -> str:
