@@ -663,3 +663,35 @@ def test_placeholders_provided_by_earlier_stages_load() -> None:
     ]
     cfg = load_pipeline(hook({"stages": stages}))
     assert len(cfg.steps) == 3
+
+
+def test_native_request_processor_step_expands_and_later_steps_follow_it() -> None:
+    cfg = load_pipeline(
+        """
+name: native-rp
+compat: {unresolved_placeholder: skip_call}
+steps:
+  - name: erp
+    type: request_processor
+    stages:
+      - evaluate: [{name: has_id, condition: {"field.invoice_id.value": {"$ne": ""}}}]
+        call_api:
+          - name: create
+            request: {url: "https://erp/api/x", method: POST, content_type: json}
+  - name: check
+    type: evaluate
+    after: [erp]
+    require: "True"
+"""
+    )
+    assert [s.name for s in cfg.steps] == [
+        "erp/stage-1/evaluate",
+        "erp/stage-1/call_api:create",
+        "check",
+    ]
+    assert cfg.step("check").after == ["erp/stage-1/call_api:create"]
+    assert cfg.compat.unresolved_placeholder == "skip_call"
+    with pytest.raises(ConfigError, match="unknown keys stage"):
+        load_pipeline(
+            {"name": "x", "steps": [{"name": "erp", "type": "request_processor", "stage": []}]}
+        )
