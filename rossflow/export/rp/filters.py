@@ -58,7 +58,10 @@ def _apply(op: str, left: Any, right: Any) -> bool:
     if op == "$regex":
         if not isinstance(left, str) or not isinstance(right, str):
             return False
-        return re.search(right, left) is not None
+        try:
+            return re.search(right, left) is not None
+        except re.error as exc:
+            raise StepError(f"invalid $regex {right!r}: {exc}") from None
     if op == "$size":
         if not isinstance(left, Sized) or isinstance(left, (str, bytes)):
             raise StepError(f"$size needs a list, got {type(left).__name__}")

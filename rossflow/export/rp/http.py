@@ -229,7 +229,10 @@ def oauth1_header(auth: Mapping[str, Any], method: str, url: str) -> str:
         realm=str(auth["realm"]) if auth.get("realm") else None,
         signature_type=oauth1.SIGNATURE_TYPE_AUTH_HEADER,
     )
-    _, headers, _ = client.sign(url, http_method=method.upper())
+    try:
+        _, headers, _ = client.sign(url, http_method=method.upper())
+    except ValueError as exc:
+        raise StepError(f"cannot sign the request with OAuth 1.0a: {exc}") from None
     return str(headers["Authorization"])
 
 

@@ -506,7 +506,7 @@ class RequestProcessor:
                 credential_key = str(auth["credential_key"])
             try:
                 reply = await self._http.send(encoded.build())
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise DeliveryError(
                     f"token request failed: {type(exc).__name__}: {exc}",
                     step=step.name,
@@ -679,7 +679,7 @@ class RequestProcessor:
                 target=_safe_url(encoded.url),
                 retryable=True,
             ) from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             self.ledger.finish(key, ok=False, result={"error": type(exc).__name__})
             raise DeliveryError(
                 f"request failed: {type(exc).__name__}: {exc}",
