@@ -708,3 +708,88 @@ async def test_several_writes_to_one_field_collapse_like_rossum_with_a_warning(
     stored = datapoint(await rig.content(ids[0]), "erp_document_id")["content"]["value"]
     assert stored == str([r["document_id"] for r in sent])
     assert "2 writes to 'erp_document_id'" in reports[0].warnings
+
+
+async def test_relation_sources_regex_queries_and_explicit(rig: ExportRig) -> None:
+    ids = rig.sandbox.seed(queue=1, count=2, status="confirmed")
+    ann, other = ids
+    for key, body in (
+        ("attachment_email_attachments_12345678", b"first"),
+        ("attachment_email_attachments_12345678_1", b"second"),
+        ("unrelated", b"nope"),
+    ):
+        add_relation(rig, ann, key, f"{key}.txt", body, "text/plain")
+    with _api(rig) as api:
+        api.post(
+            "/v1/relations",
+            json={
+                "type": "duplicate",
+                "annotations": [
+                    f"{rig.sandbox.api_url}/v1/annotations/{ann}",
+                    f"{rig.sandbox.api_url}/v1/annotations/{other}",
+                ],
+            },
+        ).raise_for_status()
+    hook = {
+        "name": "RP",
+        "settings": {
+            "stages": [
+                {
+                    "get_content": [
+                        {
+                            "name": "attachments",
+                            "source": "document_relation_content",
+                            "query": {
+                                "key": {
+                                    "$regex": "^attachment_email_attachments_\\d{8,10}(?:_\\d+)?$"
+                                }
+                            },
+                        },
+                        {
+                            "name": "rel",
+                            "source": "document_relation",
+                            "query": {"key": {"$eq": "unrelated"}},
+                        },
+                        {
+                            "name": "dups",
+                            "source": "relation_content",
+                            "query": {"type": "duplicate"},
+                        },
+                        {"name": "none", "source": "parent_relation", "query": {}},
+                    ],
+                    "call_api": [
+                        {
+                            "name": "upload",
+                            "request": {
+                                "url": rig.erp.url + "/api/att",
+                                "method": "POST",
+                                "iterate_over": "property.attachments",
+                                "content_type": "files",
+                                "content": {
+                                    "file": ["{item.original_file_name}", "{item.content.@}"]
+                                },
+                                "headers": {
+                                    "X-Rel": "{property.rel.key}",
+                                    "X-Dups": "{property.dups[1].document.original_file_name}",
+                                    "X-None": "{property.none}",
+                                },
+                            },
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+    reports = await rig.run(hook, [ann])
+    assert reports[0].outcome == "exported", reports[0].message
+    sent = rig.erp.received()
+    names = sorted(p["filename"] for r in sent for p in r["parts"])
+    assert names == [
+        "attachment_email_attachments_12345678.txt",
+        "attachment_email_attachments_12345678_1.txt",
+    ]
+    assert {r["parts"][0]["size"] for r in sent} == {len(b"first"), len(b"second")}
+    headers = sent[0]["headers"]
+    assert headers["x-rel"] == "unrelated"
+    assert headers["x-dups"] == "invoice_2.txt"
+    assert headers["x-none"] == "[]"  # no match gives [] (Rossum's shape rule)
