@@ -39,7 +39,7 @@ from rossflow.export.config import (
     RpGetContentStep,
 )
 from rossflow.export.context import build_writeback_operations
-from rossflow.export.errors import DeliveryError, PlaceholderError, StepError
+from rossflow.export.errors import DeliveryError, PlaceholderError, StepError, redact
 from rossflow.export.rp.filters import evaluate_filter
 from rossflow.export.rp.handlers import extract
 from rossflow.export.rp.http import (
@@ -512,6 +512,7 @@ class RequestProcessor:
                     step=step.name,
                     target=_safe_url(encoded.url),
                     retryable=True,
+                    secrets=self._secret_list(step),
                 ) from exc
             token = token_from_reply(reply, credential_key, step.name, self._secret_list(step))
             self._tokens[key] = token
@@ -598,7 +599,7 @@ class RequestProcessor:
             self.ledger.finish(
                 key,
                 ok=bool(response["ok"]) or self.compat.non_2xx == "record",
-                result={"response": _response_for_ledger(response)},
+                result={"response": _response_for_ledger(response, secrets)},
             )
         doc.deliveries.append(
             {
@@ -678,6 +679,7 @@ class RequestProcessor:
                 step=step.name,
                 target=_safe_url(encoded.url),
                 retryable=True,
+                secrets=self._secret_list(step),
             ) from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             self.ledger.finish(key, ok=False, result={"error": type(exc).__name__})
@@ -686,6 +688,7 @@ class RequestProcessor:
                 step=step.name,
                 target=_safe_url(encoded.url),
                 retryable=True,
+                secrets=self._secret_list(step),
             ) from exc
         return response_object(reply, elapsed)
 
@@ -953,11 +956,11 @@ def _body_bytes(response: Mapping[str, Any]) -> bytes:
 MAX_RECORDED = 256 * 1024
 
 
-def _response_for_ledger(response: Mapping[str, Any]) -> dict[str, Any]:
+def _response_for_ledger(response: Mapping[str, Any], secrets: list[str]) -> dict[str, Any]:
     return {
         "status_code": response["status_code"],
         "headers_raw": response.get("headers_raw") or [],
-        "text": str(response.get("text") or "")[:MAX_RECORDED],
+        "text": redact(str(response.get("text") or "")[:MAX_RECORDED], secrets),
         "url": response.get("url"),
     }
 
