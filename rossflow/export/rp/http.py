@@ -14,11 +14,12 @@ from __future__ import annotations
 import binascii
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 
@@ -85,6 +86,36 @@ def _form(values: Any) -> bytes:
     return urlencode(out).encode()
 
 
+_UNRESERVED = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-~")
+_SUB_DELIMS = set("!$&'()*+,;=")
+_PATH_CHARS = _UNRESERVED | _SUB_DELIMS | {":", "@", "/"}
+_QUERY_CHARS = _UNRESERVED | _SUB_DELIMS | {":", "@", "/", "?"}
+_PERCENT = re.compile(r"%[a-fA-F0-9]{2}")
+
+
+def _encode_invalid(component: str, allowed: set[str]) -> str:
+    """urllib3's ``_encode_invalid_chars``: what ``requests`` puts on the wire."""
+    component, count = _PERCENT.subn(lambda m: m.group(0).upper(), component)
+    raw = component.encode("utf-8", "surrogatepass")
+    keep_percent = count == raw.count(b"%")
+    out = bytearray()
+    for byte in raw:
+        char = chr(byte)
+        if (keep_percent and char == "%") or (byte < 128 and char in allowed):
+            out.append(byte)
+        else:
+            out += f"%{byte:02X}".encode()
+    return out.decode()
+
+
+def wire_url(url: str) -> str:
+    """The URL as ``requests`` sends it (path and query percent-encoded like urllib3)."""
+    parts = urlsplit(url)
+    path = _encode_invalid(parts.path, _PATH_CHARS) if parts.path else ""
+    query = _encode_invalid(parts.query, _QUERY_CHARS) if parts.query else ""
+    return urlunsplit((parts.scheme, parts.netloc, path or "/", query, ""))
+
+
 def with_params(url: str, params: Mapping[str, Any] | None) -> str:
     """Append query parameters the way ``requests`` does (after any existing query)."""
     if not params:
@@ -149,7 +180,10 @@ def encode_request(
     """Encode a filled ``request`` object."""
     hdrs = {str(k): "" if v is None else str(v) for k, v in (headers or {}).items()}
     req = EncodedRequest(
-        method=method.upper(), url=with_params(str(url), params), headers=hdrs, timeout_s=timeout_s
+        method=method.upper(),
+        url=wire_url(with_params(str(url), params)),
+        headers=hdrs,
+        timeout_s=timeout_s,
     )
     if content_type == "json":
         try:
