@@ -216,7 +216,8 @@ def _call(step: RpCallStep, ctx: Any, secrets: Mapping[str, Any]) -> dict[str, A
             "direct_export: done by rossflow (original document -> "
             f"{rule.get('path_to_directory', '/')}/{content.get('filename', '')}<extension>)"
         )
-    head = [f"{encoded.method} {encoded.url}"] + [f"{k}: {v}" for k, v in encoded.headers.items()]
+    shown_url = encoded.url.replace("%3C", "<").replace("%3E", ">")  # markers stay readable
+    head = [f"{encoded.method} {shown_url}"] + [f"{k}: {v}" for k, v in encoded.headers.items()]
     out: dict[str, Any] = {"request": "\n   ".join(head), "body": encoded.preview()}
     if notes:
         out["note"] = "; ".join(notes)
