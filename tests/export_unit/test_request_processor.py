@@ -696,3 +696,13 @@ steps:
         load_pipeline(
             {"name": "x", "steps": [{"name": "erp", "type": "request_processor", "stage": []}]}
         )
+
+
+async def test_base64_of_the_payload_leaves_credentials_out() -> None:
+    s = scope()
+    s.payload["rossum_authorization_token"] = "rossum-token"  # type: ignore[index]
+    encoded = await fill("{base64(payload)}", s, fetch=None, strict=True)
+    decoded = json.loads(base64.b64decode(encoded))
+    assert decoded["annotation"] == {"id": 5}
+    assert "secrets" not in decoded and "rossum_authorization_token" not in decoded
+    assert await fill("{payload.secrets.k}", s, fetch=None, strict=True) == "s"

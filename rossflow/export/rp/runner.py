@@ -154,11 +154,13 @@ class RequestProcessor:
         }
 
     def _secret_list(self, step: Any) -> list[str]:
+        """Values to redact: secrets, tokens, and their base64 forms (``base64(...)``)."""
         values = [str(v) for v in self._plain_secrets(step).values() if v]
         values += list(self._tokens.values())
         rossum_token = self._rossum_token()
         if rossum_token:
             values.append(rossum_token)
+        values += [base64.b64encode(v.encode()).decode() for v in values if len(v) >= 4]
         return values
 
     def _rossum_token(self) -> str | None:

@@ -314,7 +314,16 @@ async def _placeholder(
     match: re.Match[str], scope: Scope, fetch: Fetcher | None, strict: bool
 ) -> Any:
     if match.group(1):
-        return _b64(_unwrap(await resolve_path(match.group(2), scope, fetch=fetch, strict=strict)))
+        value = await resolve_path(match.group(2), scope, fetch=fetch, strict=strict)
+        if match.group(2) == "payload" and isinstance(value, Mapping):
+            # rossflow never ships credentials inside an encoded payload (they would escape
+            # redaction): the hook's secrets and the Rossum token are left out.
+            value = {
+                k: v
+                for k, v in value.items()
+                if k not in ("secrets", "rossum_authorization_token")
+            }
+        return _b64(_unwrap(value))
     return _unwrap(await resolve_path(match.group(3), scope, fetch=fetch, strict=strict))
 
 
