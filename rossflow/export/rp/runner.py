@@ -216,7 +216,8 @@ class RequestProcessor:
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "base_url": self.base_url,
             "rossum_authorization_token": self._rossum_token(),
-            "hook": getattr(step, "hook", None),
+            "hook": (getattr(step, "extra", {}).get("hook") or {}).get("url")
+            or getattr(step, "hook", None),
             "action": "export",
             "event": "annotation_content",
             "settings": {},
