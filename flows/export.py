@@ -193,6 +193,9 @@ async def _export_queue(
                 await run_step(quote(engine), quote(batch), name, queue_id, no)
             done = await finalize_batch(quote(engine), quote(batch), queue_id, no)
             reports.extend(done)
+            for report in done:
+                if report.warnings:
+                    logger.warning("annotation %s: %s", report.annotation_id, report.warnings)
             await aupdate_progress_artifact(progress_id, min(100.0, 100.0 * len(reports) / total))
             logger.info("queue %s batch %s: %s", queue_id, no, _count(done))
         finally:

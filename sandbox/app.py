@@ -39,6 +39,7 @@ from sandbox.routes import (
     export,
     hooks,
     queues,
+    relations,
     schemas,
     uploads,
 )
@@ -56,6 +57,7 @@ ROUTE_MODULES = (
     documents,
     annotation_routes,
     hooks,
+    relations,
     admin,
 )
 

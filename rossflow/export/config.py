@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from rossflow.export.errors import ConfigError
+from rossflow.export.rp_spec import validate_call, validate_filter, validate_get_content
 
 __all__ = [
     "AuthConfig",
@@ -49,6 +50,12 @@ __all__ = [
     "PipelineConfig",
     "RestRequest",
     "RestStep",
+    "RpCallStep",
+    "RpCompat",
+    "RpEvaluateStep",
+    "RpGetContentStep",
+    "RpStep",
+    "RpStepBase",
     "S3Step",
     "SequenceSpec",
     "SftpStep",
@@ -592,6 +599,87 @@ class EvaluateStep(StepBase):
         return self.condition is not None
 
 
+# ------------------------------------------------------------- Request Processor (v2) stages
+
+
+class RpStepBase(StepBase):
+    """One phase of a Request Processor stage (see :mod:`rossflow.export.request_processor`).
+
+    ``gate`` names the ``rp_evaluate`` step of the same stage: when its conditions failed for
+    a document, this step is skipped for it (and reported as skipped by that condition).
+    """
+
+    hook: str = Field(min_length=1, description="Request Processor hook the stage comes from.")
+    stage: int = Field(ge=0, description="0-based index in settings.stages.")
+    gate: str | None = None
+    key_path: str = Field(default="", description="Where the phase is in the user's input.")
+
+
+class RpEvaluateStep(RpStepBase):
+    """``evaluate``: MongoDB-style conditions; when one fails, the stage is skipped."""
+
+    type: Literal["rp_evaluate"] = "rp_evaluate"
+    conditions: list[dict[str, Any]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> RpEvaluateStep:
+        problems = []
+        for i, rule in enumerate(self.conditions):
+            problems += validate_filter(rule.get("condition"), f"{self.key_path}[{i}].condition")
+        if problems:
+            raise ConfigError(f"step {self.name!r}: invalid evaluate", problems)
+        return self
+
+
+class RpGetContentStep(RpStepBase):
+    """``get_content``: relations, documents or explicit templates into ``property.<name>``."""
+
+    type: Literal["rp_get_content"] = "rp_get_content"
+    rules: list[dict[str, Any]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> RpGetContentStep:
+        problems = []
+        for i, rule in enumerate(self.rules):
+            problems += validate_get_content(rule, f"{self.key_path}[{i}]")
+        if problems:
+            raise ConfigError(f"step {self.name!r}: invalid get_content", problems)
+        return self
+
+
+class RpCallStep(RpStepBase):
+    """One ``call_api`` entry: auth, request (optionally per item), response handlers."""
+
+    type: Literal["rp_call"] = "rp_call"
+    call: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _check(self) -> RpCallStep:
+        problems = validate_call(self.call, self.key_path)
+        if problems:
+            raise ConfigError(f"step {self.name!r}: invalid call_api", problems)
+        return self
+
+
+RpStep = RpEvaluateStep | RpGetContentStep | RpCallStep
+
+
+class RpCompat(_Model):
+    """Switches back to Rossum's Request Processor behaviour where rossflow deliberately differs.
+
+    * ``non_2xx``: ``error`` (default) fails the document on a non-2xx reply (after its
+      response handlers ran); ``record`` only records it, as Rossum does.
+    * ``unresolved_placeholder``: ``error`` (default) fails the document naming the
+      placeholder; ``skip_call`` abandons that ``call_api`` entry with a warning, as Rossum does.
+    * ``single_generic_message``: ``false`` (default) gives each failure its own message;
+      ``true`` replaces it with Rossum's one generic sentence.
+    """
+
+    non_2xx: Literal["error", "record"] = "error"
+    unresolved_placeholder: Literal["error", "skip_call"] = "error"
+    single_generic_message: bool = False
+
+
 Step = Annotated[
     CleanStep
     | TemplateStep
@@ -601,7 +689,10 @@ Step = Annotated[
     | S3Step
     | ExtractStep
     | EvaluateStep
-    | CodeStep,
+    | CodeStep
+    | RpEvaluateStep
+    | RpGetContentStep
+    | RpCallStep,
     Field(discriminator="type"),
 ]
 
@@ -628,6 +719,7 @@ class PipelineConfig(_Model):
     defaults: Defaults = Field(default_factory=Defaults)
     auths: dict[str, AuthConfig] = Field(default_factory=dict)
     steps: list[Step] = Field(min_length=1)
+    compat: RpCompat = Field(default_factory=RpCompat)
     origin: Literal["native", "rossum_v1"] = "native"
     warnings: list[str] = Field(default_factory=list)
 

@@ -57,12 +57,14 @@ from .config import (
     FileStorageStep,
     PipelineConfig,
     RestStep,
+    RpStepBase,
     S3Step,
     TemplateStep,
 )
 from .context import ExportContext, build_context, build_writeback_operations
 from .errors import DeliveryError, StepError
 from .extract import build_response_record
+from .rp.runner import RequestProcessor
 from .steps import (
     PreparedRequest,
     apply_response,
@@ -367,6 +369,7 @@ class ExportEngine:
             max_workers=self.file_concurrency, thread_name_prefix="rossflow-files"
         )
         self._sftp_pools: dict[str, _SessionPool] = {}
+        self._rp: RequestProcessor | None = None
         # Stored requests/replies are written off the event loop (file-system calls would
         # otherwise stall every document in flight); two threads keep the order of writes of
         # one document (each awaits its write) and bound the pool.
@@ -381,6 +384,8 @@ class ExportEngine:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._rp is not None:
+            await self._rp.aclose()
         await self._stack.aclose()
         for pool in self._sftp_pools.values():
             await asyncio.get_running_loop().run_in_executor(self._executor, pool.close)
@@ -513,7 +518,24 @@ class ExportEngine:
             return await self._files(step, doc)
         if isinstance(step, CodeStep):
             return await code_step.run_for_engine(self, step, doc)
+        if isinstance(step, RpStepBase):
+            return await self._request_processor().run(step, doc)
         raise StepError(f"unsupported step type {type(step).__name__}", step=step.name)
+
+    def _request_processor(self) -> RequestProcessor:
+        """Runner of Request Processor (v2) steps, created on first use."""
+        if self._rp is None:
+            self._rp = RequestProcessor(
+                client=self.client,
+                ledger=self.ledger,
+                store=self._store,  # type: ignore[arg-type]
+                upload=self._put,
+                secrets=self._secrets_for,
+                compat=self.pipeline.compat,
+                dry_run=self.dry_run,
+                concurrency=self.concurrency,
+            )
+        return self._rp
 
     async def _store(
         self, doc: DocState, step: str, files: list[tuple[str, bytes]], secrets: list[str]

@@ -16,6 +16,7 @@ import yaml
 from rossflow.export.checks import validate_pipeline
 from rossflow.export.config import PipelineConfig
 from rossflow.export.errors import ConfigError
+from rossflow.export.request_processor import convert_request_processor
 from rossflow.export.rossum_hooks import from_rossum_hooks
 
 __all__ = ["dump_native", "load_pipeline"]
@@ -44,7 +45,16 @@ def _read_source(source: str | Path | Mapping[str, Any] | Sequence[Any]) -> Any:
 
 # Keys of the ``{"hooks": [...]}`` wrapper file (what ``rossflow hooks pull`` writes).
 HOOKS_FILE_KEYS = frozenset(
-    {"hooks", "name", "description", "code_steps", "queue", "source", "pipeline_secrets"}
+    {
+        "hooks",
+        "name",
+        "description",
+        "code_steps",
+        "compat",
+        "queue",
+        "source",
+        "pipeline_secrets",
+    }
 )
 
 
@@ -69,7 +79,7 @@ def load_pipeline(
     if "steps" in data:
         if name:
             data = {**data, "name": name}
-        return validate_pipeline(data)
+        return validate_pipeline(_expand_request_processors(data))
     if isinstance(data.get("results"), list):
         return from_rossum_hooks(data["results"], name=name, code_steps=code_steps)
     if isinstance(data.get("hooks"), list):
@@ -86,6 +96,7 @@ def load_pipeline(
             data["hooks"],
             name=name or data.get("name"),
             code_steps={**mapping, **(code_steps or {})},
+            compat=data.get("compat"),
         )
         if data.get("description") and not config.description:
             config.description = str(data["description"])
@@ -111,3 +122,52 @@ def dump_native(config: PipelineConfig) -> str:
         step.clear()
         step.update(data_step)
     return yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False, allow_unicode=True)
+
+
+def _expand_request_processors(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Native ``type: request_processor`` steps (Rossum ``stages`` inline) -> ``rp_*`` steps.
+
+    Steps listing the request processor in ``after`` run after its last stage step.
+    """
+    steps = data.get("steps")
+    if not isinstance(steps, list) or not any(
+        isinstance(s, Mapping) and s.get("type") == "request_processor" for s in steps
+    ):
+        return data
+    warnings: list[str] = list(data.get("warnings") or [])
+    last: dict[str, str] = {}
+    out: list[Any] = []
+    for step in steps:
+        if not (isinstance(step, Mapping) and step.get("type") == "request_processor"):
+            out.append(step)
+            continue
+        name = str(step.get("name") or "request-processor")
+        unknown = set(step) - {
+            "name",
+            "type",
+            "after",
+            "run_after",
+            "stages",
+            "debugging",
+            "secrets",
+        }
+        if unknown:
+            raise ConfigError(
+                f"step {name!r}: unknown keys {', '.join(sorted(unknown))} "
+                "(a request_processor step has stages, debugging, after, secrets)"
+            )
+        hook = {
+            "name": name,
+            "settings": {k: step[k] for k in ("stages", "debugging") if k in step},
+            "secrets": step.get("secrets"),
+        }
+        converted = convert_request_processor(hook, name, warnings.append)
+        converted[0]["after"] = list(step.get("after") or step.get("run_after") or [])
+        last[name] = converted[-1]["name"]
+        out.extend(converted)
+    for step in out:
+        if isinstance(step, dict):
+            for key in ("after", "run_after"):
+                if isinstance(step.get(key), list):
+                    step[key] = [last.get(str(d), d) for d in step[key]]
+    return {**data, "steps": out, "warnings": warnings}

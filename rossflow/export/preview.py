@@ -33,6 +33,7 @@ from .config import (
     FileStorageStep,
     PipelineConfig,
     RestStep,
+    RpStepBase,
     TemplateStep,
 )
 from .context import ExportContext, build_context
@@ -40,6 +41,7 @@ from .errors import ConfigError, StepError, redact
 from .extract import build_response_record
 from .loading import load_pipeline
 from .placeholders import required_secrets
+from .rp.preview import preview_rp_step
 from .steps import (
     PreparedRequest,
     plan_file_storage,
@@ -188,6 +190,8 @@ def preview(
                 )
                 for key in step.produces:
                     ctx = ctx.with_reference(key, unresolved(key, step.name))
+            elif isinstance(step, RpStepBase):  # Request Processor: offline, with markers
+                entry.update(preview_rp_step(step, ctx, secrets=step_secrets))
             else:  # clean
                 entry["note"] = "purges artefacts of earlier runs"
         except StepError as exc:

@@ -57,6 +57,14 @@ def markdown_summary(
         # Anything the loader left out or changed is shown here too, not only in the logs.
         lines += ["", "## Pipeline warnings", ""]
         lines += [f"- {w.replace(chr(10), ' ')}" for w in warnings]
+    warned = [r for r in reports if r.warnings]
+    if warned:  # skipped stages, abandoned calls, recorded non-2xx: never silent
+        lines += ["", "## Warnings", "", "| annotation | warnings |", "|---|---|"]
+        for r in warned[:max_failures]:
+            text = r.warnings.replace("|", "\\|").replace("\n", " ")[:300]
+            lines.append(f"| {r.annotation_id} | {text} |")
+        if len(warned) > max_failures:
+            lines.append(f"| … | {len(warned) - max_failures} more in the CSV report |")
     if csv_path:
         lines += ["", f"Full report: `{csv_path}`"]
     return "\n".join(lines) + "\n"

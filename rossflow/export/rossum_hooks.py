@@ -3,12 +3,12 @@
 Hooks are taken verbatim (``[{"name", "settings", "run_after", ...}]`` as returned by
 ``GET /v1/hooks``); the step type is inferred from the settings keys, unknown keys are
 preserved in ``step.extra`` and reported in ``PipelineConfig.warnings``. The Request Processor
-(v2 ``stages``) converter belongs here too.
+(v2 ``stages``) hooks are converted by :mod:`rossflow.export.request_processor`
+into several steps each.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -26,6 +26,7 @@ from rossflow.export.config import (
     TemplateVariable,
 )
 from rossflow.export.errors import ConfigError
+from rossflow.export.request_processor import convert_request_processor
 
 __all__ = ["convert_request_processor", "from_rossum_hooks", "is_code_hook", "is_export_hook"]
 
@@ -427,35 +428,6 @@ def _code_hook_refusal(hook_name: str, hook: Mapping[str, Any]) -> str:
     )
 
 
-def convert_request_processor(
-    hook: Mapping[str, Any], name: str, warn: Any
-) -> list[dict[str, Any]]:
-    """THE dispatch point for Request Processor (v2 ``settings.stages``) hooks.
-
-    Returns native step dicts for the hook's stages. The converter lives in
-    :mod:`rossflow.export.request_processor` (``convert_stages(hook, name, warn)``); until
-    that module exists, such a hook is refused here with a precise error, never dropped.
-    Contract: the first returned step has no ``after`` (the loader sets the hook's
-    ``run_after`` on it), and the last one is named ``name`` so that hooks running after
-    this one wait for its last stage.
-    """
-    try:
-        request_processor = importlib.import_module("rossflow.export.request_processor")
-    except ModuleNotFoundError as exc:
-        if exc.name != "rossflow.export.request_processor":
-            raise  # the converter exists but is broken: say so, do not pretend it is absent
-        request_processor = None  # type: ignore[assignment]
-    convert = getattr(request_processor, "convert_stages", None)
-    if convert is None:
-        raise ConfigError(
-            f"hook {name!r}: Request Processor (v2 settings.stages) hooks are not supported "
-            "by this rossflow version; remove the hook or rewrite its stages as native "
-            "template/rest/extract steps"
-        )
-    steps: list[dict[str, Any]] = convert(hook, name, warn)
-    return steps
-
-
 def _cycle(graph: Mapping[str, list[str]]) -> list[str] | None:
     state: dict[str, int] = {}
     stack: list[str] = []
@@ -487,6 +459,7 @@ def from_rossum_hooks(
     *,
     name: str | None = None,
     code_steps: Mapping[str, Any] | None = None,
+    compat: Mapping[str, Any] | None = None,
 ) -> PipelineConfig:
     """Convert Rossum v1 hook objects (verbatim) into a :class:`PipelineConfig`.
 
@@ -588,8 +561,22 @@ def from_rossum_hooks(
             "these run_after entries"
         )
     refused = bool(problems)  # keep going: every problem is reported at once
+    # A Request Processor hook becomes a chain of steps: hooks running after it follow its last.
+    rp_steps: dict[str, list[dict[str, Any]]] = {}
+    for i, hook in enumerate(hooks):
+        if kinds[names[i]] == "request_processor" and names[i] not in rp_steps:
+            converted = convert_request_processor(hook, names[i], conv.warn)
+            meta = {k: v for k, v in hook.items() if k not in ("settings", "secrets", "run_after")}
+            for rp_step in converted:
+                if meta:
+                    rp_step["extra"] = {"hook": meta}
+                if hook.get("queues"):
+                    rp_step.setdefault("queues", list(hook["queues"]))
+            rp_steps[names[i]] = converted
 
     def resolve(dep: str, seen: frozenset[str] = frozenset()) -> list[str]:
+        if dep in rp_steps:
+            return [rp_steps[dep][-1]["name"]]
         if kinds.get(dep) is not None:
             return [dep]
         if dep in seen:
@@ -611,13 +598,8 @@ def from_rossum_hooks(
                 if resolved not in after and resolved != hname:
                     after.append(resolved)
         if kind == "request_processor":
-            stage_steps = convert_request_processor(hook, hname, conv.warn)
-            if stage_steps:
-                stage_steps[0].setdefault("after", after)
-            for stage_step in stage_steps:
-                if hook.get("queues"):
-                    stage_step.setdefault("queues", list(hook["queues"]))
-            steps.extend(stage_steps)
+            rp_steps[hname][0]["after"] = after
+            steps.extend(rp_steps[hname])
             continue
         step = conv.convert(hook, hname, kind)
         step["after"] = after
@@ -627,12 +609,14 @@ def from_rossum_hooks(
         raise ConfigError("cannot load these Rossum hooks", problems)
     if not steps:
         raise ConfigError("no usable export hooks in the input", conv.warnings)
-    data = {
+    data: dict[str, Any] = {
         "name": name or "rossum-v1-pipeline",
         "steps": steps,
         "origin": "rossum_v1",
         "warnings": conv.warnings,
     }
+    if compat:
+        data["compat"] = dict(compat)
     return validate_pipeline(data)
 
 

@@ -29,8 +29,11 @@ Config format (every key optional)::
                     | {"type": "basic", "username": "u", "password": "p"}
                     | {"type": "bearer", "token": "t"}         # static token
                     | {"type": "oauth2"}                       # token issued by /oauth/token
-                    | {"type": "api_key", "header": "X-API-Key", "value": "k"},
-      "oauth": {"client_id": "rossflow", "client_secret": "secret", "expires_in": 3600}
+                    | {"type": "api_key", "header": "X-API-Key", "value": "k"}
+                    | {"type": "oauth1", "consumer_key": "ck", "consumer_secret": "cs",
+                       "token_key": "tk", "token_secret": "ts"},   # signature checked (oauthlib)
+      "oauth": {"client_id": "rossflow", "client_secret": "secret", "expires_in": 3600,
+                "jwt_public_key": "PEM"}   # also accept JWT client assertions signed by it
     }
 
     RESPONSE = {"status": 201, "body": {...} | [...] | "text or XML", "content_type": "...",
@@ -108,6 +111,7 @@ class ErpState:
     """
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.last_assertion: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self.config: dict[str, Any] = copy.deepcopy(DEFAULT_CONFIG)
         self._script_left: list[int] = []
@@ -186,17 +190,44 @@ class ErpState:
                 out["scope"] = oauth["scope"]
             return out
 
+    def verify_assertion(self, assertion: str, audience: str) -> str | None:
+        """Client id (``iss``) of a JWT client assertion signed with ``oauth.jwt_public_key``."""
+        from joserfc import jwt
+        from joserfc.errors import JoseError
+        from joserfc.jwk import RSAKey
+
+        pem = self.config["oauth"].get("jwt_public_key")
+        if not pem:
+            return None
+        try:
+            token = jwt.decode(
+                assertion,
+                RSAKey.import_key(pem),
+                algorithms=["PS256", "PS384", "PS512", "RS256", "RS384", "RS512"],
+            )
+            jwt.JWTClaimsRegistry(
+                iss={"essential": True, "value": self.config["oauth"]["client_id"]},
+                aud={"essential": True, "value": audience},
+                exp={"essential": True},
+            ).validate(token.claims)
+        except (JoseError, ValueError):
+            return None
+        self.last_assertion = {"header": dict(token.header), "claims": dict(token.claims)}
+        return str(token.claims["iss"])
+
     def _token_valid(self, token: str) -> bool:
         expiry = self._tokens.get(token)
         return expiry is not None and expiry > time.monotonic()
 
     # -- request handling ------------------------------------------------------------------
-    def _authorized(self, headers: dict[str, str]) -> bool:
+    def _authorized(self, headers: dict[str, str], method: str = "GET", url: str = "") -> bool:
         auth = self.config.get("require_auth") or {"type": "none"}
         kind = auth.get("type", "none")
         header = headers.get("authorization", "")
         if kind == "none":
             return True
+        if kind == "oauth1":
+            return _oauth1_valid(auth, method, url, header)
         if kind == "basic":
             if not header.lower().startswith("basic "):
                 return False
@@ -253,6 +284,7 @@ class ErpState:
         body: bytes,
         summary: dict[str, Any],
         invalid: str | None = None,
+        url: str = "",
     ) -> tuple[int, dict[str, str], bytes, str, float]:
         """Decide the answer for one /api/ request and record it.
 
@@ -281,7 +313,7 @@ class ErpState:
             latency = float(self.config.get("latency_s") or 0.0)
             duplicate = False
             document_id: str | None = None
-            if not self._authorized(headers):
+            if not self._authorized(headers, method, url):
                 status, out_headers, out_body, ctype = (
                     401,
                     {"WWW-Authenticate": "Bearer" if "bearer" in self._auth_kind() else "Basic"},
@@ -346,6 +378,55 @@ class ErpState:
         return auth.get("type") == "api_key" and name == str(auth.get("header", "")).lower()
 
 
+def _oauth1_valid(auth: dict[str, Any], method: str, url: str, header: str) -> bool:
+    """Verify an OAuth 1.0a ``Authorization`` header (HMAC-SHA1/SHA256) with oauthlib."""
+    from oauthlib.oauth1 import RequestValidator, ResourceEndpoint
+
+    class Validator(RequestValidator):  # type: ignore[misc]
+        enforce_ssl = False
+        allowed_signature_methods = ("HMAC-SHA256", "HMAC-SHA1")
+        dummy_client = "dummy"
+        dummy_access_token = "dummy"  # noqa: S105 - oauthlib's timing-safe placeholder
+
+        def check_client_key(self, key: str) -> bool:
+            return bool(key)
+
+        def check_access_token(self, token: str) -> bool:
+            return bool(token)
+
+        def check_nonce(self, nonce: str) -> bool:
+            return bool(nonce)
+
+        def check_realms(self, realms: Any) -> bool:
+            return True
+
+        def validate_client_key(self, key: str, request: Any) -> bool:
+            return key == auth.get("consumer_key")
+
+        def validate_access_token(self, key: str, token: str, request: Any) -> bool:
+            return token == auth.get("token_key")
+
+        def validate_timestamp_and_nonce(self, *args: Any, **kwargs: Any) -> bool:
+            return True
+
+        def validate_realms(self, *args: Any, **kwargs: Any) -> bool:
+            return True
+
+        def get_client_secret(self, key: str, request: Any) -> str:
+            return str(auth.get("consumer_secret", ""))
+
+        def get_access_token_secret(self, key: str, token: str, request: Any) -> str:
+            return str(auth.get("token_secret", ""))
+
+    if not header.startswith("OAuth "):
+        return False
+    endpoint = ResourceEndpoint(Validator())
+    ok, _ = endpoint.validate_protected_resource_request(
+        url, http_method=method, headers={"Authorization": header}
+    )
+    return bool(ok)
+
+
 async def _summarize_body(request: Request, body: bytes) -> tuple[dict[str, Any], str | None]:
     """Describe the payload for ``/_erp/received``; second item names a malformed JSON/XML body."""
     ctype = request.headers.get("content-type", "").lower()
@@ -405,6 +486,7 @@ def create_app(state: ErpState) -> Starlette:
             body=body,
             summary=summary,
             invalid=invalid,
+            url=str(request.url),
         )
         if latency > 0:
             await asyncio.sleep(latency)
@@ -441,6 +523,13 @@ def create_app(state: ErpState) -> Starlette:
                 client_id, _, client_secret = base64.b64decode(header[6:]).decode().partition(":")
             except ValueError:
                 client_id = None
+        assertion = fields.get("client_assertion")
+        if assertion and fields.get("grant_type") == "client_credentials":
+            client_id = state.verify_assertion(assertion, str(request.url))
+            if client_id is None:
+                state.issue_token(None, None)  # still counted
+                return JSONResponse({"error": "invalid_client"}, status_code=401)
+            client_secret = str(state.config["oauth"]["client_secret"])
         if fields.get("grant_type") != "client_credentials":
             state.issue_token(None, None)  # still counted
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
