@@ -298,7 +298,7 @@ def test_inactive_and_non_export_hooks_are_left_out_and_rewired(
     assert "Export event" in joined
 
 
-def test_unrecognised_and_request_processor_hooks_are_refused(
+def test_unrecognised_and_empty_request_processor_hooks_are_refused(
     v1_settings: dict[str, Any],
 ) -> None:
     with pytest.raises(ConfigError) as err:
@@ -308,7 +308,8 @@ def test_unrecognised_and_request_processor_hooks_are_refused(
     assert "hook 'mystery': cannot tell the step type" in str(err.value)
     with pytest.raises(ConfigError) as err:
         load_pipeline([hook("rp", {"stages": []})])
-    assert "hook 'rp': Request Processor (v2 settings.stages)" in str(err.value)
+    assert "hook 'rp': invalid Request Processor settings" in str(err.value)
+    assert "settings.stages: is empty" in str(err.value)
 
 
 def test_inline_secrets_become_secretstr(v1_settings: dict[str, Any]) -> None:

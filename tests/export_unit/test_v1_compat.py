@@ -315,23 +315,23 @@ def test_netsuite_connector_is_refused_in_one_sentence() -> None:
     assert "add(VendorBill)" in problem and problem.count(". ") == 0
 
 
-def test_request_processor_hook_is_handed_to_its_converter(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    rp = hook(7, "RP", {"stages": [{"call_api": []}]})
-    with pytest.raises(ConfigError, match="hook 'RP': Request Processor"):
-        load_pipeline([template_hook(), rp])
-    seen: list[str] = []
-
-    def convert_stages(h: Any, name: str, warn: Any) -> list[dict[str, Any]]:
-        seen.append(name)
-        return [{"name": name, "type": "evaluate", "condition": "False"}]
-
-    fake = types.ModuleType("rossflow.export.request_processor")
-    fake.convert_stages = convert_stages  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "rossflow.export.request_processor", fake)
-    cfg = load_pipeline([template_hook(), rp])
-    assert seen == ["RP"] and cfg.step("RP").after == ["Render"]
+def test_request_processor_hook_in_a_v1_chain_keeps_its_queues_and_order() -> None:
+    rp = hook(
+        7,
+        "RP",
+        {"stages": [{"call_api": [{"name": "create", "request": {"url": "https://erp/x", "method": "POST"}}]}]},
+        queues=[f"{API}/queues/5"],
+    )
+    rp["run_after"] = [f"{API}/hooks/1"]
+    after = rest_hook(8, "Attach", {"url": "https://erp/y"})
+    after["run_after"] = [f"{API}/hooks/7"]
+    cfg = load_pipeline([template_hook(), rp, after])
+    stage_steps = [s for s in cfg.steps if s.name.startswith("RP/")]
+    assert [s.name for s in stage_steps] == ["RP/stage-1/call_api:create"]
+    assert stage_steps[0].after == ["Render"]
+    assert stage_steps[0].queues == [5] or stage_steps[0].queues == [f"{API}/queues/5"]
+    assert cfg.step("Attach").after == ["RP/stage-1/call_api:create"]
+    assert [s.name for s in cfg.steps_for_queue(6)] == ["Render", "Attach"]
 
 
 # ----------------------------------------------------------------------------- bad input
