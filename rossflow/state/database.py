@@ -4,8 +4,10 @@ The choice is configuration, not code: ``ROSSFLOW_STATE_URL`` (or an explicit ``
 SQLAlchemy URL; without one, every store keeps its own SQLite file, as before. A PostgreSQL URL
 may name any driver (``postgresql+asyncpg://`` as in ``PREFECT_API_DATABASE_CONNECTION_URL``,
 ``postgresql+psycopg://``, ``postgresql://``): the stores are synchronous, so it is always opened
-with psycopg. The tables live in their own schema (``ROSSFLOW_STATE_SCHEMA``, default
-``rossflow``), so the database Prefect uses can hold them without touching Prefect's tables.
+with psycopg. A URL without a password takes it from ``ROSSFLOW_STATE_PASSWORD`` (in the Docker
+image, ``ROSSFLOW_STATE_PASSWORD_FILE`` names a secret file). The tables live in their own
+schema (``ROSSFLOW_STATE_SCHEMA``, default ``rossflow``), so the database Prefect uses can hold
+them without touching Prefect's tables.
 
 SQL is written once for both dialects (``?`` placeholders, ``INSERT … ON CONFLICT``,
 ``RETURNING``); :class:`Conn` translates placeholders, :attr:`Database.for_update` adds row locks
@@ -29,6 +31,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 
 URL_ENV = "ROSSFLOW_STATE_URL"
+PASSWORD_ENV = "ROSSFLOW_STATE_PASSWORD"  # noqa: S105 (a variable name)
 SCHEMA_ENV = "ROSSFLOW_STATE_SCHEMA"
 DEFAULT_SCHEMA = "rossflow"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -45,7 +48,13 @@ def configured_url() -> str | None:
 
 
 def _pg_url(url: URL) -> URL:
-    return url.set(drivername="postgresql+psycopg")
+    """psycopg, whatever driver the URL named; the password from ``ROSSFLOW_STATE_PASSWORD``
+    when the URL has none (so that it can come from a secret file, not the URL)."""
+    url = url.set(drivername="postgresql+psycopg")
+    password = os.environ.get(PASSWORD_ENV)
+    if not url.password and password:
+        url = url.set(password=password.strip())
+    return url
 
 
 def describe(url: str | URL) -> str:

@@ -189,3 +189,32 @@ def test_versions_are_recorded_and_a_newer_schema_is_refused(state_backend: Stat
         conn.execute("INSERT INTO t1(a, b) VALUES (?, ?)", ("x", 1.25))
     with pytest.raises(SchemaTooNew, match="'demo' tables are at schema version 2"):
         migrate(db, "demo", steps[:1])
+
+
+def test_password_from_its_own_variable(
+    pg_state: StateBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    from rossflow.state.database import PASSWORD_ENV
+
+    assert pg_state.url is not None
+    url = make_url(pg_state.url)
+    bare = pg_state.url.replace(f":{url.password}@", "@")
+    assert url.password and url.password not in bare
+    monkeypatch.setenv(PASSWORD_ENV, url.password + "\n")  # as read from a secret file
+    store = WatermarkStore(url=bare)
+    assert store.advance(1, "p", None, "v") and store.get(1, "p") == "v"
+    assert url.password not in store.db.url  # never shown
+
+
+def test_bad_configuration_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from rossflow.state import StateConfigError
+
+    with pytest.raises(StateConfigError, match="unsupported database 'mysql'"):
+        Database(tmp_path / "x.db", url="mysql://u@h/db")
+    with pytest.raises(StateConfigError, match="not a database URL"):
+        Database(tmp_path / "x.db", url="not a url")
+    monkeypatch.setenv("ROSSFLOW_STATE_SCHEMA", "Bad-Name")
+    with pytest.raises(StateConfigError, match="Bad-Name"):
+        Database(tmp_path / "x.db", url="postgresql://u@127.0.0.1:1/db")
