@@ -49,9 +49,9 @@ def serve(kind: str, root: str) -> int:
         server: Any = SandboxServer(db=":memory:", extraction_delay_s=0.01).start()
         info = {"api_url": server.api_url, "username": server.username, "password": server.password}
     elif kind == "sftp":
-        from rossflow.localstack.sftp_server import SftpServer
+        from rossflow.localstack.sftp_server import LocalSftpServer
 
-        server = SftpServer(root, users={"bench": "bench"}).start()
+        server = LocalSftpServer(root, users={"bench": "bench"}).start()
         info = {
             "host": server.host,
             "port": server.port,

@@ -27,8 +27,9 @@ from pydantic import Field
 
 from blocks import PipelineSecrets, RestTarget, RossumCredentials, SftpServer
 from rossflow.artifacts import ArtifactStore
-from rossflow.export.config import FileStorageStep, PipelineConfig, RestStep, S3Step, load_pipeline
+from rossflow.export.config import FileStorageStep, PipelineConfig, RestStep, S3Step
 from rossflow.export.engine import DocReport, ExportEngine, Targets
+from rossflow.export.loading import load_pipeline
 from rossflow.export.report import markdown_summary, write_report_csv
 from rossflow.ledger import Ledger
 from rossflow.rossum import RossumClient, chunked, id_from_url

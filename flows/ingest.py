@@ -108,6 +108,19 @@ def ingest(
         for future in in_flight:
             future.result()
         runtime.report.finished = time.time()
+        if runtime.report.total == 0:
+            # A scheduled run that found nothing: one log line, no artifact (a schedule every
+            # 30 s would otherwise bury the runs that did something).
+            summary = runtime.report.summary()
+            logger.info(
+                "ingest %s: nothing to do in %s (%d listed, %d matched no rule, %d too new)",
+                run_id,
+                runtime.report.source,
+                summary["listed"],
+                summary["unrouted"],
+                summary["too_new"],
+            )
+            return summary
         summary = publish_report(runtime.report)
         logger.info(
             "ingest %s: %s", run_id, {k: v for k, v in summary.items() if not isinstance(v, dict)}

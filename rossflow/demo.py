@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -40,6 +41,68 @@ from pydantic import SecretStr
 PIPELINE = (Path(__file__).parent / "localstack" / "demo_pipeline.yaml").read_text()
 HOOK_NAME = "rossflow-demo-webhook"
 DEFAULT_COALESCE_S = 2.0
+
+# The demo's state is one unit: the sandbox database (the "Rossum" side), the ingest ledger, the
+# export's delivery ledger, the webhook's dedup store and the SFTP folders. A ledger that
+# remembers uploads a new sandbox never saw makes the demo report "uploaded" while nothing
+# reaches Rossum, so the parts are reused together or reset together.
+STATE_FILE = "demo-state.json"
+STATE_PARTS = ("sandbox.db", "ingest.db", "export-state", "webhook-dedup.db", "sftp")
+
+
+def _remove_part(home: Path, part: str) -> None:
+    path = home / part
+    if path.is_dir():
+        shutil.rmtree(path)
+    for candidate in (path, *(home / f"{part}{x}" for x in ("-wal", "-shm", "-journal"))):
+        if candidate.is_file() or candidate.is_symlink():
+            candidate.unlink()
+
+
+def prepare_state(home: Path) -> tuple[dict[str, Any], str | None]:
+    """Reuse the demo state in ``home`` if it is complete, else reset every part of it.
+
+    Returns the state (``next_sample``: the number of the next sample invoice, so that a second
+    run drops new invoices instead of ones Rossum already has) and a sentence saying what
+    happened when something was reset (None when reused or new)."""
+    state_path = home / STATE_FILE
+    state: dict[str, Any] | None = None
+    problem = None
+    if state_path.exists():
+        try:
+            state = json.loads(state_path.read_text())
+            if not isinstance(state, dict) or not isinstance(state.get("next_sample"), int):
+                raise ValueError("unexpected content")
+        except (OSError, ValueError) as exc:
+            state, problem = None, f"{STATE_FILE} is unreadable ({exc})"
+    if state is not None:
+        expected = set(state.get("parts") or []) | {"sandbox.db"}
+        missing = sorted(part for part in expected if not (home / part).exists())
+        if not missing:
+            return state, None
+        problem = "missing: " + ", ".join(missing)
+        state = None
+    present = [part for part in STATE_PARTS if (home / part).exists()]
+    if present and problem is None:
+        problem = f"no {STATE_FILE} next to " + ", ".join(present)
+    for part in STATE_PARTS:
+        _remove_part(home, part)
+    state = {"next_sample": 1, "parts": [], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    save_state(home, state)
+    if problem is None:
+        return state, None
+    return state, (
+        f"the demo state in {home} was incomplete ({problem}); reset all of it together: "
+        "sandbox database, ingest and export ledgers, webhook dedup store, SFTP folders"
+    )
+
+
+def save_state(home: Path, state: dict[str, Any]) -> None:
+    """Record the next sample number and which parts exist now (all must exist next time)."""
+    state["parts"] = [part for part in STATE_PARTS if (home / part).exists()]
+    tmp = home / f"{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(home / STATE_FILE)
 
 
 def _free(host: str, port: int) -> bool:
@@ -147,6 +210,7 @@ def run(argv: list[str] | None = None) -> int:
     if args.fresh and home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
+    state, reset_note = prepare_state(home)
     _check_ports(
         {
             "Prefect": args.prefect_port,
@@ -164,6 +228,14 @@ def run(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
     print(f"rossflow demo: starting the local stack in {home}")
+    if reset_note:
+        print(f"  note: {reset_note}")
+    elif state["next_sample"] > 1:
+        print(
+            f"  reusing the demo state (sandbox database + ledgers) in {home}; new samples start "
+            f"at invoice {state['next_sample']} (--fresh starts over)"
+        )
+    args.state = state
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
     with ExitStack() as stack:
         prefect = _start_prefect(home, args.prefect_port)
@@ -186,7 +258,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def _start_services(stack: ExitStack, home: Path, args: argparse.Namespace) -> dict[str, Any]:
     from rossflow.localstack.erp import ErpServer
     from rossflow.localstack.s3_server import S3Server
-    from rossflow.localstack.sftp_server import SftpServer
+    from rossflow.localstack.sftp_server import LocalSftpServer
     from sandbox.server import SandboxServer
 
     sandbox = stack.enter_context(
@@ -199,7 +271,7 @@ def _start_services(stack: ExitStack, home: Path, args: argparse.Namespace) -> d
     for sub in ("inbox", "archive"):
         (sftp_root / sub).mkdir(parents=True, exist_ok=True)
     sftp = stack.enter_context(
-        SftpServer(
+        LocalSftpServer(
             sftp_root,
             port=args.sftp_port,
             users={"rossflow": "rossflow"},
@@ -506,10 +578,18 @@ async def _pipeline(
 
     sandbox = info["sandbox"]
     progress = Progress(info, f"rossum-export/{export_deployment_name([1])}")
-    next_no = _drop_samples(info, 1, args.files)
-    print(f"rossflow demo: dropped {args.files} sample invoices on SFTP and S3")
+    first = int(args.state["next_sample"])
+    next_no = _drop_samples(info, first, args.files)
+    args.state["next_sample"] = next_no
+    save_state(home, args.state)
+    print(
+        f"rossflow demo: dropped {args.files} sample invoices (numbers {first}–{next_no - 1}) "
+        f"into {info['sftp_root'] / 'inbox'} (SFTP) and s3://rossum-inbox/inbox/ (S3)"
+    )
     ingested = await _ingest(home)
-    print(f"  ingest:  {ingested}")
+    save_state(home, args.state)
+    for line in _ingest_lines(ingested, info):
+        print(line)
     uploaded = int(ingested.get("uploaded", 0))
     print(
         "rossflow demo: the operator confirms what is ready; hook → event → trigger → export "
@@ -533,6 +613,8 @@ async def _pipeline(
                 return await _safety_net(args, home, info, progress)
         elif time.monotonic() > next_drop:
             next_no = _drop_samples(info, next_no, 2)
+            args.state["next_sample"] = next_no
+            save_state(home, args.state)
             next_drop = time.monotonic() + args.interval
             await _run_ingest_now(home)
             print(
@@ -570,13 +652,67 @@ async def _safety_net(
     return _outcome(info, done, failed, args, via="safety net")
 
 
+def _ingest_lines(counts: dict[str, int], info: dict[str, Any]) -> list[str]:
+    """What the ingest did, in words, with where to look for anything not uploaded."""
+    order = ("uploaded", "duplicate", "failed", "deferred", "skipped")
+    lines = [
+        "  ingest:  "
+        + ", ".join(f"{counts.get(k, 0)} {k}" for k in order)
+        + f" ({counts.get('uploads_sent', 0)} upload(s) sent to Rossum)"
+    ]
+    if counts.get("duplicate"):
+        lines.append(
+            f"  note: {counts['duplicate']} sample(s) were already in Rossum (same content "
+            "uploaded by an earlier run): not uploaded again; the ingest report names each "
+            "one's annotation (Prefect UI → Artifacts → ingest-report)"
+        )
+    if counts.get("failed"):
+        lines.append(
+            f"  note: {counts['failed']} file(s) failed: the reason is in "
+            f"{info['sftp_root'] / 'inbox' / 'failed'}/<name>.error.json (SFTP) or under "
+            "s3://rossum-inbox/failed/ (S3), and in the ingest report"
+        )
+    return lines
+
+
 def _outcome(
     info: dict[str, Any], exported: int, failed: int, args: argparse.Namespace, via: str
 ) -> int:
     erp = info["erp"].stats()
+    home: Path = args.home.resolve()
+    sandbox = info["sandbox"]
     print(
         f"rossflow demo: exported {exported}, failed {failed} (via {via}); ERP holds "
         f"{erp['documents']} invoice(s), {erp['duplicates']} duplicate(s) refused · "
         f"Prefect UI http://127.0.0.1:{args.prefect_port}"
     )
+    reports = sorted(
+        (home / "export-state" / "reports").glob("export-*.csv"), key=lambda p: p.stat().st_mtime
+    )
+    where = [
+        (
+            "Prefect UI",
+            f"http://127.0.0.1:{args.prefect_port}  (flow runs; artifacts "
+            "ingest-summary, ingest-report, export reports; kept in "
+            f"{home / 'prefect'})",
+        ),
+        (
+            "Rossum sandbox",
+            f"{sandbox.api_url}/v1/annotations?queue=1  (login "
+            f"{sandbox.username} / {sandbox.password}; database {home / 'sandbox.db'})",
+        ),
+        ("ERP stand-in", f"{info['erp'].url}/_erp/received"),
+        ("SFTP", f"{info['sftp_root']}: inbox/archive/ (ingested PDFs), archive/ (exported XML)"),
+        ("S3", f"{info['s3'].endpoint_url}  bucket rossum-inbox (in memory)"),
+        ("export report", str(reports[-1]) if reports else str(home / "export-state/reports")),
+        ("logs", f"{home / 'runner.log'}, {home / 'prefect-server.log'}"),
+    ]
+    print(
+        "  where to look"
+        + (" (the servers stop with --once; the files stay):" if args.once else ":")
+    )
+    width = max(len(name) for name, _ in where)
+    for name, text in where:
+        print(f"    {name.ljust(width)}  {text}")
+    print(f"  state: {home} (reused by the next run; --fresh starts over)")
     return 1 if failed else 0

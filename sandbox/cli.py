@@ -9,7 +9,7 @@ import sys
 from rossflow.localstack.uvicorn_thread import PortInUseError, UvicornThread
 from sandbox.app import create_app
 from sandbox.config import DEFAULT_PASSWORD, DEFAULT_USERNAME, SandboxConfig
-from sandbox.core import QUEUE_AUTO_EXPORT_ID, QUEUE_CONFIRMED_ID, SCHEMA_ID
+from sandbox.seeding import QUEUE_AUTO_EXPORT_ID, QUEUE_CONFIRMED_ID, SCHEMA_ID
 
 
 def build_parser() -> argparse.ArgumentParser:

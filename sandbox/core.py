@@ -1,4 +1,7 @@
-"""Business logic of the sandbox: seeding, auth, uploads, extraction, status changes, hooks.
+"""Business logic of the sandbox: auth, uploads, extraction, status changes, export.
+
+Seeding is in :mod:`sandbox.seeding`; which hooks fire and what their replies change is in
+:mod:`sandbox.hook_events` (``Sandbox.hook_events``), HTTP delivery in :mod:`sandbox.hooks`.
 
 All methods run on the server's event-loop thread; the synchronous ones only touch SQLite and
 never await, so they are atomic with respect to each other.
@@ -7,50 +10,36 @@ never await, so they are atomic with respect to each other.
 from __future__ import annotations
 
 import asyncio
-import copy
-import gc
 import hashlib
 import json
 import logging
-import random
 import secrets
 import time
 import uuid
 from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import Any
 
 from sandbox import content as ct
-from sandbox.config import DEFAULT_PASSWORD, DEFAULT_USERNAME, MAX_TOKEN_LIFETIME_S, SandboxConfig
+from sandbox import seeding
+from sandbox.config import MAX_TOKEN_LIFETIME_S, SandboxConfig
 from sandbox.extraction import (
     apply_upload_values,
-    confidence,
     extract_text,
     fill_content,
     parse_text,
 )
 from sandbox.faults import FaultInjector, RateLimiter, Stats
-from sandbox.hooks import HookCallResult, HookDispatcher
+from sandbox.hook_events import HookEvents
+from sandbox.hooks import HookDispatcher
 from sandbox.lifecycle import COUNT_STATUSES, STAMPS
+from sandbox.seeding import ORG_ID, SCHEMA_ID
 from sandbox.store import Store
-from sandbox.util import PH, ApiError, now_iso, public, ref, ref_id, resolve
+from sandbox.util import PH, ApiError, now_iso, public, ref, ref_id
 
 log = logging.getLogger("sandbox")
 
-ORG_ID = 1
-WORKSPACE_ID = 1
-ADMIN_ID = 1
-SCHEMA_ID = 1
-QUEUE_CONFIRMED_ID = 1
-QUEUE_AUTO_EXPORT_ID = 2
 MAX_METADATA_BYTES = 4096
-
-
-def load_invoice_schema() -> dict[str, Any]:
-    """The seeded invoice schema (``sandbox/schema_invoice.json``)."""
-    text = resources.files("sandbox").joinpath("schema_invoice.json").read_text("utf-8")
-    return json.loads(text)
 
 
 def check_metadata(value: Any) -> dict[str, Any]:
@@ -77,8 +66,9 @@ class Sandbox:
         self._worker: asyncio.Task[None] | None = None
         self._sindex: dict[int, dict[str, ct.Node]] = {}
         self._initial_settings = config.as_dict()
+        self.hook_events = HookEvents(self)
         if self.store.get_meta("seeded") is None:
-            self.seed_initial()
+            seeding.seed_initial(self.store)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -101,7 +91,7 @@ class Sandbox:
         self.store.close()
         self.store = Store(self.config.db)
         self._sindex.clear()
-        self.seed_initial()
+        seeding.seed_initial(self.store)
         self.config.update({k: v for k, v in self._initial_settings.items() if k != "db"})
         self.faults.clear()
         self.limiter.reset()
@@ -149,171 +139,6 @@ class Sandbox:
         deadline = time.monotonic() + timeout
         while self._tasks and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-
-    # -- seeding -----------------------------------------------------------------------------
-    def seed_initial(self) -> None:
-        """Organization, workspace, admin user, invoice schema and the two queues."""
-        now = now_iso()
-        admin = ref("users", ADMIN_ID)
-        schema_def = load_invoice_schema()
-        with self.store.tx():
-            for kind in ("organizations", "workspaces", "users", "schemas", "queues"):
-                self.store.next_id(kind)
-            self.store.next_id("queues")
-            self.store.put(
-                "organizations",
-                {
-                    "id": ORG_ID,
-                    "url": ref("organizations", ORG_ID),
-                    "name": "Rossflow Sandbox",
-                    "workspaces": [ref("workspaces", WORKSPACE_ID)],
-                    "users": [admin],
-                    "organization_group": f"{PH}/v1/organization_groups/1",
-                    "ui_settings": {},
-                    "metadata": {},
-                    "created_at": now,
-                    "trial_expires_at": None,
-                    "is_trial": False,
-                    "oidc_provider": None,
-                    "creator": admin,
-                    "modified_by": admin,
-                    "modified_at": now,
-                },
-            )
-            self.store.put(
-                "workspaces",
-                {
-                    "id": WORKSPACE_ID,
-                    "name": "Rossflow",
-                    "url": ref("workspaces", WORKSPACE_ID),
-                    "autopilot": False,
-                    "organization": ref("organizations", ORG_ID),
-                    "queues": [
-                        ref("queues", QUEUE_CONFIRMED_ID),
-                        ref("queues", QUEUE_AUTO_EXPORT_ID),
-                    ],
-                    "metadata": {},
-                },
-            )
-            self.store.put(
-                "users",
-                self.new_user(
-                    ADMIN_ID,
-                    DEFAULT_USERNAME,
-                    DEFAULT_PASSWORD,
-                    "Sandbox",
-                    "Admin",
-                    [QUEUE_CONFIRMED_ID, QUEUE_AUTO_EXPORT_ID],
-                ),
-            )
-            self.store.put(
-                "schemas",
-                {
-                    "id": SCHEMA_ID,
-                    "name": schema_def["name"],
-                    "queues": [
-                        ref("queues", QUEUE_CONFIRMED_ID),
-                        ref("queues", QUEUE_AUTO_EXPORT_ID),
-                    ],
-                    "url": ref("schemas", SCHEMA_ID),
-                    "content": schema_def["content"],
-                    "metadata": {},
-                    "modified_by": admin,
-                    "modified_at": now,
-                },
-            )
-            self.store.put(
-                "queues",
-                self.new_queue(
-                    QUEUE_CONFIRMED_ID,
-                    "Invoices",
-                    SCHEMA_ID,
-                    WORKSPACE_ID,
-                    use_confirmed_state=True,
-                ),
-            )
-            self.store.put(
-                "queues",
-                self.new_queue(
-                    QUEUE_AUTO_EXPORT_ID,
-                    "Invoices (auto-export)",
-                    SCHEMA_ID,
-                    WORKSPACE_ID,
-                    use_confirmed_state=False,
-                ),
-            )
-            self.store.set_meta("seeded", now)
-
-    def new_user(
-        self,
-        uid: int,
-        username: str,
-        password: str,
-        first: str = "",
-        last: str = "",
-        queues: list[int] | None = None,
-    ) -> dict[str, Any]:
-        now = now_iso()
-        return {
-            "id": uid,
-            "url": ref("users", uid),
-            "first_name": first,
-            "last_name": last,
-            "email": username,
-            "phone_number": None,
-            "date_joined": now,
-            "username": username,
-            "groups": [],
-            "organization": ref("organizations", ORG_ID),
-            "queues": [ref("queues", q) for q in queues or []],
-            "is_active": True,
-            "last_login": None,
-            "ui_settings": {},
-            "metadata": {},
-            "oidc_id": None,
-            "deleted": False,
-            "auth_type": "password",
-            "_password_sha256": hashlib.sha256(password.encode()).hexdigest(),
-        }
-
-    def new_queue(
-        self, qid: int, name: str, schema_id: int, workspace_id: int | None, **fields: Any
-    ) -> dict[str, Any]:
-        now = now_iso()
-        queue: dict[str, Any] = {
-            "id": qid,
-            "name": name,
-            "url": ref("queues", qid),
-            "workspace": ref("workspaces", workspace_id),
-            "connector": None,
-            "webhooks": [],
-            "hooks": [],
-            "schema": ref("schemas", schema_id),
-            "inbox": None,
-            "users": [ref("users", ADMIN_ID)],
-            "session_timeout": "01:00:00",
-            "rir_url": None,
-            "rir_params": None,
-            "dedicated_engine": None,
-            "generic_engine": None,
-            "engine": None,
-            "counts": {},
-            "default_score_threshold": 0.8,
-            "automation_enabled": False,
-            "automation_level": "never",
-            "locale": "en_GB",
-            "metadata": {},
-            "use_confirmed_state": False,
-            "document_lifetime": None,
-            "delete_after": None,
-            "status": "active",
-            "modified_by": ref("users", ADMIN_ID),
-            "modified_at": now,
-            "settings": {},
-            "workflows": [],
-        }
-        queue.update(fields)
-        return queue
 
     # -- lookups -----------------------------------------------------------------------------
     def get_or_404(self, kind: str, obj_id: int) -> dict[str, Any]:
@@ -550,6 +375,13 @@ class Sandbox:
         return out
 
     # -- extraction --------------------------------------------------------------------------
+    def enqueue_extraction(self, ann_ids: list[int]) -> None:
+        """Queue ``importing`` annotations for extraction (no-op before startup)."""
+        if self._extract_queue is None:
+            return
+        for ann_id in ann_ids:
+            self._extract_queue.put_nowait((ann_id, time.monotonic()))
+
     async def _extraction_worker(self) -> None:
         assert self._extract_queue is not None
         while True:
@@ -591,10 +423,14 @@ class Sandbox:
         tree = self.store.get_content(ann_id)
         fill_content(tree, sindex, parsed, ann_id, self.alloc())
         self.store.save_content(ann_id, tree)
-        hooks = self.hooks_for(ref_id(ann["queue"]) or 0, "annotation_content", "initialize")
+        hooks = self.hook_events.hooks_for(
+            ref_id(ann["queue"]) or 0, "annotation_content", "initialize"
+        )
         ok = True
         if hooks:
-            ok, _messages = await self.run_content_hooks(ann_id, "initialize", hooks, retry=True)
+            ok, _messages = await self.hook_events.run_content_hooks(
+                ann_id, "initialize", hooks, retry=True
+            )
             ann = self.store.get_annotation(ann_id)
             if ann is None or ann["status"] != "importing":
                 return
@@ -656,12 +492,14 @@ class Sandbox:
             ann["messages"] = messages
         self.store.save_annotation(ann)
         if fire and previous != status:
-            self.fire_status_hooks(ann, previous)
+            self.hook_events.fire_status_hooks(ann, previous)
         return previous
 
     async def start_export(self, ann: dict[str, Any], user_id: int | None, *, sync: bool) -> None:
         """Confirm-style export: no export hooks -> exported; else exporting + hooks."""
-        hooks = self.hooks_for(ref_id(ann["queue"]) or 0, "annotation_content", "export")
+        hooks = self.hook_events.hooks_for(
+            ref_id(ann["queue"]) or 0, "annotation_content", "export"
+        )
         if not hooks:
             self.set_status(ann, "exported", user_id)
             return
@@ -678,8 +516,10 @@ class Sandbox:
             return
         if ann["status"] != "exporting":
             self.set_status(ann, "exporting", user_id)
-        hooks = self.hooks_for(ref_id(ann["queue"]) or 0, "annotation_content", "export")
-        ok, messages = await self.run_content_hooks(ann_id, "export", hooks, retry=True)
+        hooks = self.hook_events.hooks_for(
+            ref_id(ann["queue"]) or 0, "annotation_content", "export"
+        )
+        ok, messages = await self.hook_events.run_content_hooks(ann_id, "export", hooks, retry=True)
         ann = self.store.get_annotation(ann_id)
         if ann is None or ann["status"] != "exporting":
             return
@@ -687,365 +527,3 @@ class Sandbox:
             self.set_status(ann, "exported", user_id, messages=messages or ann.get("messages"))
         else:
             self.set_status(ann, "failed_export", user_id, messages=messages)
-
-    # -- hooks -------------------------------------------------------------------------------
-    def hooks_for(self, queue_id: int, event: str, action: str) -> list[dict[str, Any]]:
-        """Active hooks of the queue subscribed to ``event``/``event.action``, run_after order."""
-        queue_url = ref("queues", queue_id)
-        wanted = {event, f"{event}.{action}"}
-        hooks = [
-            h
-            for h in self.store.all("hooks")
-            if h.get("active", True)
-            and queue_url in (h.get("queues") or [])
-            and wanted & set(h.get("events") or [])
-        ]
-        return order_by_run_after(hooks)
-
-    def hook_payload(
-        self,
-        hook: dict[str, Any],
-        event: str,
-        action: str,
-        ann: dict[str, Any],
-        extra: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Rossum's hook request body (spec §9.2), URLs resolved against the public base."""
-        base = self.config.public_base_url
-        payload: dict[str, Any] = {
-            "request_id": str(uuid.uuid4()),
-            "timestamp": now_iso(),
-            "base_url": base[: -len("/api")] if base.endswith("/api") else base,
-        }
-        owner = ref_id(hook.get("token_owner"))
-        if owner is not None:
-            lifetime = hook.get("token_lifetime_s") or 600
-            payload["rossum_authorization_token"] = self.create_token(owner, float(lifetime))
-        payload.update(
-            {
-                "hook": hook["url"],
-                "settings": hook.get("settings") or {},
-                "secrets": hook.get("_secrets") or {},
-                "action": action,
-                "event": event,
-            }
-        )
-        payload["annotation"] = public(ann)
-        doc = self.store.get_document(ref_id(ann["document"]) or 0) or {}
-        payload["document"] = {k: v for k, v in public(doc).items() if k != "annotations"}
-        payload.update(extra or {})
-        for name in hook.get("sideload") or []:
-            payload[name] = self._sideload_for_hook(name, ann)
-        return resolve(payload, base)
-
-    def _sideload_for_hook(self, name: str, ann: dict[str, Any]) -> list[Any]:
-        if name == "queues":
-            q = self.store.get("queues", ref_id(ann["queue"]) or 0)
-            return [self.queue_view(q)] if q else []
-        if name == "schemas":
-            s = self.store.get("schemas", ref_id(ann["schema"]) or 0)
-            return [s] if s else []
-        if name == "modifiers":
-            u = self.store.get("users", ref_id(ann.get("modifier")) or 0)
-            return [public(u)] if u else []
-        return []
-
-    def fire_status_hooks(self, ann: dict[str, Any], previous: str) -> None:
-        """Schedule ``annotation_status.changed`` deliveries (never blocks the caller)."""
-        hooks = self.hooks_for(ref_id(ann["queue"]) or 0, "annotation_status", "changed")
-        if not hooks:
-            return
-        snapshot = copy.deepcopy(ann)
-        snapshot["previous_status"] = previous
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self.spawn(self._deliver_status(hooks, snapshot))
-
-    async def _deliver_status(self, hooks: list[dict[str, Any]], snapshot: dict[str, Any]) -> None:
-        for hook in hooks:
-            payload = self.hook_payload(hook, "annotation_status", "changed", snapshot)
-            await self.dispatcher.deliver(hook, payload, retry=True)
-
-    async def run_content_hooks(
-        self, ann_id: int, action: str, hooks: list[dict[str, Any]], *, retry: bool
-    ) -> tuple[bool, list[dict[str, Any]]]:
-        """Call ``annotation_content.<action>`` hooks in order, applying their operations.
-
-        Returns (ok, messages): not ok when a hook fails (after retries) or answers an ``error``
-        message; the chain stops at the first failure.
-        """
-        messages: list[dict[str, Any]] = []
-        updated: list[int] = []
-        for hook in hooks:
-            ann = self.store.get_annotation(ann_id)
-            if ann is None:
-                return False, messages
-            tree = self.store.get_content(ann_id)
-            snap = dict(ann)
-            snap["content"] = tree
-            payload = self.hook_payload(
-                hook,
-                "annotation_content",
-                action,
-                snap,
-                {"updated_datapoints": [] if action == "export" else list(updated)},
-            )
-            result = await self.dispatcher.deliver(hook, payload, retry=retry)
-            hook_msgs = [self._hook_message(m, hook, payload) for m in result.messages()]
-            messages += hook_msgs
-            if not result.ok:
-                if not any(m.get("type") == "error" for m in hook_msgs):
-                    messages.append(self._failure_message(hook, payload, result))
-                self._store_messages(ann_id, messages)
-                return False, messages
-            ops = result.operations()
-            if ops:
-                ann_now = self.store.get_annotation(ann_id)
-                if ann_now is not None:
-                    tree = self.store.get_content(ann_id)
-                    try:
-                        sindex = self.sindex(ref_id(ann_now["schema"]) or SCHEMA_ID)
-                        updated += ct.apply_operations(tree, ops, sindex, ann_id, self.alloc())
-                        self.store.save_content(ann_id, tree)
-                    except ApiError as exc:
-                        messages.append(
-                            {
-                                "type": "error",
-                                "id": "all",
-                                "content": f"Invalid operations from hook: {exc.message}",
-                            }
-                        )
-            if any(m.get("type") == "error" for m in hook_msgs) or any(
-                m.get("type") == "error" for m in messages
-            ):
-                self._store_messages(ann_id, messages)
-                return False, messages
-        if messages:
-            self._store_messages(ann_id, messages)
-        return True, messages
-
-    def _store_messages(self, ann_id: int, messages: list[dict[str, Any]]) -> None:
-        ann = self.store.get_annotation(ann_id)
-        if ann is not None:
-            ann["messages"] = messages
-            self.store.save_annotation(ann)
-
-    @staticmethod
-    def _hook_message(
-        msg: dict[str, Any], hook: dict[str, Any], payload: dict[str, Any]
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {k: msg[k] for k in ("id", "type", "content") if k in msg}
-        out["content"] = str(out.get("content", ""))[:4096]
-        out.setdefault("id", "all")
-        out["detail"] = msg.get("detail") or {
-            "hook_id": hook["id"],
-            "hook_name": hook.get("name"),
-            "request_id": payload["request_id"],
-            "is_exception": False,
-            "timestamp": payload["timestamp"],
-        }
-        return out
-
-    @staticmethod
-    def _failure_message(
-        hook: dict[str, Any], payload: dict[str, Any], result: HookCallResult
-    ) -> dict[str, Any]:
-        what = f"HTTP {result.status_code}" if result.status_code else (result.error or "error")
-        return {
-            "id": "all",
-            "type": "error",
-            "content": f"Hook '{hook.get('name')}' failed: {what}",
-            "detail": {
-                "hook_id": hook["id"],
-                "hook_name": hook.get("name"),
-                "request_id": payload["request_id"],
-                "is_exception": True,
-                "timestamp": payload["timestamp"],
-            },
-        }
-
-    # -- bulk seeding (admin) ----------------------------------------------------------------
-    def seed_annotations(self, queue_id: int, count: int, status: str) -> list[int]:
-        """Create ``count`` annotations with documents and varied content in one transaction.
-
-        Content trees are rendered from per-shape JSON templates (see ``TreeTemplate``) and
-        inserted with ``executemany``, so 10,000 annotations take a few seconds.
-        """
-        queue = self.get_or_404("queues", queue_id)
-        schema_id = ref_id(queue["schema"]) or SCHEMA_ID
-        schema = self.store.get("schemas", schema_id) or {"content": []}
-        now = now_iso()
-        user = ref("users", ADMIN_ID)
-        rng = random.Random(count * 7919 + queue_id)
-        templates: dict[tuple[Any, ...], ct.TreeTemplate] = {}
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            with self.store.tx():
-                first_doc = self.store.next_id("documents", count)
-                first_ann = self.store.next_id("annotations", count)
-                samples = []
-                nodes_needed = 0
-                for i in range(count):
-                    text, header, rows = sample_invoice(first_ann + i, rng)
-                    key = (tuple(header), len(rows), tuple(rows[0]) if rows else ())
-                    tpl = templates.get(key)
-                    if tpl is None:
-                        tpl = templates[key] = ct.TreeTemplate(
-                            schema["content"], list(header), len(rows), list(key[2])
-                        )
-                    samples.append((text, header, rows, tpl))
-                    nodes_needed += tpl.node_count
-                node = self.store.next_id("nodes", max(1, nodes_needed))
-                docs: list[tuple[dict[str, Any], bytes, str]] = []
-                anns: list[tuple[dict[str, Any], str]] = []
-                for i, (text, header, rows, tpl) in enumerate(samples):
-                    doc_id, ann_id = first_doc + i, first_ann + i
-                    body = text.encode()
-                    doc = self.new_document(
-                        doc_id, f"invoice_{ann_id}.txt", "text/plain", ADMIN_ID, now, [ann_id]
-                    )
-                    docs.append((doc, body, hashlib.sha256(body).hexdigest()))
-                    tree_json = tpl.render(ann_id, node, header, rows)
-                    node += tpl.node_count
-                    ann = self.new_annotation(ann_id, doc, queue, schema_id, ADMIN_ID, now, status)
-                    if status not in ("importing", "to_review", "failed_import"):
-                        ann["modified_at"] = now
-                        ann["modifier"] = ann["modified_by"] = user
-                    if status in ("confirmed", "exported", "exporting", "failed_export"):
-                        ann["confirmed_at"], ann["confirmed_by"] = now, user
-                    stamp = STAMPS.get(status)
-                    if stamp is not None:
-                        ann[stamp[0]] = now
-                        if stamp[1] is not None:
-                            ann[stamp[1]] = user
-                    anns.append((ann, tree_json))
-                self.store.insert_documents(docs)
-                self.store.insert_annotations(anns)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-        ids = [first_ann + i for i in range(count)]
-        if status == "importing" and self._extract_queue is not None:
-            for ann_id in ids:
-                self._extract_queue.put_nowait((ann_id, time.monotonic()))
-        return ids
-
-
-def order_by_run_after(hooks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Topological order over ``run_after`` (predecessors first), ties by id."""
-    by_url = {h["url"]: h for h in hooks}
-    done: set[str] = set()
-    out: list[dict[str, Any]] = []
-
-    def visit(hook: dict[str, Any], stack: set[str]) -> None:
-        if hook["url"] in done or hook["url"] in stack:
-            return
-        stack.add(hook["url"])
-        for dep in hook.get("run_after") or []:
-            if dep in by_url:
-                visit(by_url[dep], stack)
-        done.add(hook["url"])
-        out.append(hook)
-
-    for hook in sorted(hooks, key=lambda h: h["id"]):
-        visit(hook, set())
-    return out
-
-
-VENDORS = (
-    ("ACME s.r.o.", "CZ12345678"),
-    ("Globex GmbH", "DE811234567"),
-    ("Initech Ltd", "GB123456789"),
-    ("Umbrella Corp", "US-98-7654321"),
-    ("Stark Industries", "US-12-3456789"),
-    ("Wayne Enterprises", "US-55-1234567"),
-    ("Hooli Europe B.V.", "NL123456789B01"),
-    ("Soylent a.s.", "CZ87654321"),
-    ("Vandelay Industries", "US-77-1112223"),
-    ("Tyrell SARL", "FR12345678901"),
-)
-ITEMS = (
-    "Consulting services",
-    "Software licence",
-    "Support hours",
-    "Hardware",
-    "Travel expenses",
-    "Training",
-    "Cloud hosting",
-    "Office supplies",
-    "Maintenance",
-    "Design work",
-)
-CURRENCIES = ("EUR", "USD", "CZK", "GBP")
-
-
-Cell = tuple[str, str, float]
-
-
-def sample_invoice(
-    n: int, rng: random.Random | None = None
-) -> tuple[str, dict[str, Cell], list[dict[str, Cell]]]:
-    """Deterministic, varied invoice number ``n``: its text (extraction convention) and the
-    values extraction would produce, as (value, normalized_value, rir_confidence) per schema id.
-    Used by bulk seeding, which skips parsing for speed."""
-    rng = rng or random.Random(n)
-    vendor, vat = VENDORS[rng.randrange(len(VENDORS))]
-    issued = datetime(2024, 1, 1) + timedelta(days=rng.randrange(365))
-    rows: list[dict[str, Cell]] = []
-    lines = []
-    net = 0
-    for _ in range(rng.randint(1, 5)):
-        qty = rng.randint(1, 20)
-        price = rng.randint(500, 50000)  # cents
-        total = qty * price
-        net += total
-        desc = ITEMS[rng.randrange(len(ITEMS))]
-        cells = {
-            "item_description": desc,
-            "item_quantity": str(qty),
-            "item_amount_base": f"{price / 100:.2f}",
-            "item_amount_total": f"{total / 100:.2f}",
-        }
-        lines.append("Item: " + " | ".join(cells.values()))
-        rows.append({k: (v, v, confidence(k, v)) for k, v in cells.items()})
-    tax = net * 21 // 100
-    currency = CURRENCIES[rng.randrange(len(CURRENCIES))]
-    values = {
-        "invoice_id": f"INV-{issued.year}-{n:06d}",
-        "date_issue": issued.date().isoformat(),
-        "date_due": (issued + timedelta(days=30)).date().isoformat(),
-        "order_id": f"PO-{rng.randint(1000, 9999)}",
-        "document_type": "tax_invoice",
-        "sender_name": vendor,
-        "sender_vat_id": vat,
-        "recipient_name": "Rossum Ltd",
-        "currency": currency,
-        "amount_total": f"{(net + tax) / 100:.2f}",
-        "amount_total_tax": f"{tax / 100:.2f}",
-    }
-    labels = {
-        "invoice_id": "Invoice number",
-        "date_issue": "Issue date",
-        "date_due": "Due date",
-        "order_id": "PO number",
-        "document_type": "Document type",
-        "sender_name": "Vendor name",
-        "sender_vat_id": "Vendor VAT",
-        "recipient_name": "Customer name",
-        "currency": "Currency",
-        "amount_total": "Total amount",
-        "amount_total_tax": "Tax amount",
-    }
-    text = "\n".join([f"{labels[k]}: {v}" for k, v in values.items()] + lines) + "\n"
-    header = {
-        k: (
-            v.lower() if k == "currency" else v,
-            v.lower() if k == "currency" else v,
-            confidence(k, v),
-        )
-        for k, v in values.items()
-    }
-    return text, header, rows

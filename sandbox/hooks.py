@@ -1,7 +1,7 @@
 """Webhook delivery: signing, timeouts, retries, asynchronous (202 + Location) replies, records.
 
-What fires when is decided by :mod:`sandbox.core`; this module only delivers one payload to one
-hook the way Rossum does (spec §9):
+What fires when is decided by :mod:`sandbox.hook_events`; this module only delivers one payload
+to one hook the way Rossum does (spec §9):
 
 * ``Content-Type: application/json``; when ``config.secret`` is set, the raw body is signed with
   ``X-Rossum-Signature-SHA256: sha256=<hex HMAC-SHA256(secret, body)>`` and the legacy

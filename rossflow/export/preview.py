@@ -19,9 +19,10 @@ from typing import Any
 
 from rossflow.rossum import RossumClient
 
-from .config import PipelineConfig, RestStep, TemplateStep, load_pipeline
+from .config import PipelineConfig, RestStep, TemplateStep
 from .context import ExportContext, build_context
 from .errors import StepError, redact
+from .loading import load_pipeline
 from .steps import prepare_request, rest_gate, run_template_step, step_enabled
 
 

@@ -38,6 +38,7 @@ VANISHED = "vanished"
 REJECTED = "rossum_rejected"
 IMPORT_FAILED = "import_task_failed"
 DUPLICATE_OF_REJECTED = "identical_content_rejected"
+ANNOTATION_MISSING = "annotation_missing"  # the ledger's annotation is gone from Rossum
 
 
 def now_iso() -> str:

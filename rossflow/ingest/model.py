@@ -10,8 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rossflow.ingest.validation import ALL_TYPES, DEFAULT_MAX_BYTES, Limits, parse_types
 
 # Final outcomes of a file in one run.
-UPLOADED = "uploaded"  # sent to Rossum by this run (or recovered after a crash) and archived
-DUPLICATE = "duplicate"  # identical content already in that queue: not sent again, archived
+UPLOADED = "uploaded"  # sent to Rossum by this run and archived
+# identical content already in that queue (the ledger names the annotation; an earlier run sent
+# it, or another file of this run): not sent again, archived
+DUPLICATE = "duplicate"
 FAILED = "failed"  # moved to failed/ with <name>.error.json
 SKIPPED = "skipped"  # taken by another run (or deleted) before this run could claim it
 DEFERRED = "deferred"  # transient trouble: left claimed, a later run resumes it
@@ -95,6 +97,12 @@ class IngestOptions(BaseModel):
         description="Per upload, content up to this size is buffered in memory; larger files "
         "spill to a temporary file.",
     )
+    reupload_missing: bool = Field(
+        default=False,
+        description="A file whose content the ledger records as uploaded, but whose annotation "
+        "no longer exists in Rossum (deleted, purged, 404): upload it again instead of moving "
+        "it to failed/ with reason 'annotation_missing'.",
+    )
     report_max_rows: int = Field(
         default=500, ge=0, description="Rows of successful files kept in the report table."
     )
@@ -137,6 +145,7 @@ class FileItem:
     message: str | None = None
     step: str | None = None
     rossum: dict[str, Any] | None = None
+    sent_here: bool = False  # this run sent the upload (only then is the outcome UPLOADED)
     moved_to: str | None = None
     note: str | None = None
 

@@ -161,6 +161,8 @@ class Uploader:
         return result
 
     def _adopt(self, item: FileItem, effect: Effect, source_uri: str) -> None:
+        """Take over what the ledger records for this content: an upload in flight (wait for
+        its task) or a finished one (a DUPLICATE naming the annotation it became)."""
         result = effect.result
         if result.get("phase") == "sent":
             item.task_url = result.get("task_url")
@@ -168,16 +170,45 @@ class Uploader:
                 item.note = f"identical content is being imported from {result.get('source_uri')}"
             return
         self._apply_ids(item, result)
-        same_file = result.get("source_uri") == source_uri
-        item.outcome = UPLOADED if same_file else DUPLICATE
-        if same_file:
-            item.note = "uploaded by an earlier run (recovered after a crash)"
+        self._mark_earlier(item, result.get("source_uri"), result, source_uri)
+
+    @staticmethod
+    def _mark_earlier(
+        item: FileItem,
+        uploaded_from: str | None,
+        result: dict[str, Any] | None,
+        source_uri: str,
+    ) -> None:
+        """Outcome of a file whose content this run did not send: DUPLICATE, naming the
+        annotation and where (and when) it came from."""
+        item.outcome = DUPLICATE
+        annotations = ", ".join(str(a) for a in item.annotation_ids) or "?"
+        when = f" at {result['at']}" if result and result.get("at") else ""
+        if uploaded_from == source_uri:
+            item.reason = "uploaded_earlier"
+            item.message = (
+                f"this file was uploaded to queue {item.queue_id} by an earlier run{when}: "
+                f"annotation {annotations}"
+            )
         else:
             item.reason = "duplicate_content"
             item.message = (
-                f"identical content was already uploaded to queue {item.queue_id} "
-                f"from {result.get('source_uri')}"
+                f"identical content was already uploaded to queue {item.queue_id} from "
+                f"{uploaded_from}{when}: annotation {annotations}"
             )
+
+    async def _missing_annotations(self, annotation_ids: list[int]) -> list[str]:
+        """The ledger's annotations that no longer exist in Rossum, each with why."""
+        missing = []
+        for ann_id in annotation_ids:
+            try:
+                ann = await self.client.get_annotation(ann_id)
+            except NotFoundError:
+                missing.append(f"annotation {ann_id} answers 404")
+                continue
+            if ann.get("status") in ("deleted", "purged"):
+                missing.append(f"annotation {ann_id} is {ann['status']}")
+        return missing
 
     @staticmethod
     def _apply_ids(item: FileItem, result: dict[str, Any]) -> None:
@@ -208,8 +239,24 @@ class Uploader:
         name = posixpath.basename(item.rel)
         effect = self.ledger.get(key)
         if effect is not None and effect.state == "done":
-            self._adopt(item, effect, source_uri)
-            return
+            ids = [int(a) for a in effect.result.get("annotation_ids") or []]
+            missing = await self._missing_annotations(ids) if ids else []
+            if not missing:
+                self._adopt(item, effect, source_uri)
+                return
+            if not self.options.reupload_missing:
+                self._apply_ids(item, effect.result)
+                item.fail(
+                    E.ANNOTATION_MISSING,
+                    f"identical content was uploaded to queue {item.queue_id} from "
+                    f"{effect.result.get('source_uri')} at {effect.result.get('at')}, but "
+                    f"{'; '.join(missing)} in Rossum (deleted or purged there); not uploaded "
+                    "again. To upload it again, set the ingest option reupload_missing: true "
+                    "and drop the file once more.",
+                    step="upload",
+                )
+                return
+            item.note = f"uploaded again: {'; '.join(missing)} (reupload_missing)"
         if effect is not None and effect.state == "started":
             found = await self.find_existing(
                 item.queue_id, item.sha256, (effect.target, name), effect.created_at
@@ -235,6 +282,7 @@ class Uploader:
             content.stream.seek(0)
             try:
                 self.sent += 1
+                item.sent_here = True
                 task_url = await self.client.upload(
                     item.queue_id,
                     content.stream,
@@ -304,8 +352,12 @@ class Uploader:
         result = self._record(item, source_uri, phase="imported", reconciled=True, **found)
         self.ledger.finish(key, ok=True, result=result)
         self._apply_ids(item, found)
-        item.outcome = UPLOADED
-        item.note = note
+        if item.sent_here:
+            item.outcome = UPLOADED
+            item.note = note
+        else:  # an earlier (crashed) run sent it
+            self._mark_earlier(item, source_uri, result, source_uri)
+            item.note = note
 
     # -- wait --------------------------------------------------------------------------------
     async def wait(self, item: FileItem, source_uri: str) -> None:
@@ -369,12 +421,10 @@ class Uploader:
             ),
         )
         self._apply_ids(item, ids)
-        if uploaded_from == source_uri:
+        if uploaded_from == source_uri and item.sent_here:
             item.outcome = UPLOADED
-        else:
-            item.outcome = DUPLICATE
-            item.reason = "duplicate_content"
-            item.message = f"identical content was already uploaded from {uploaded_from}"
+        else:  # sent by an earlier run (deferred, crashed) or from another file
+            self._mark_earlier(item, uploaded_from, effect.result if effect else None, source_uri)
 
     async def _wait_other(self, item: FileItem, source_uri: str) -> None:
         """Another file (this run or another) holds the lease for identical content."""

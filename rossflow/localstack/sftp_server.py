@@ -97,7 +97,7 @@ def _normalize_keys(
     return out
 
 
-class SftpServer:
+class LocalSftpServer:
     """SFTP server on ``host:port`` (0 = free port) serving ``root``.
 
     ``users`` maps user name to password; ``authorized_keys`` maps user name to OpenSSH public
@@ -180,7 +180,7 @@ class SftpServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
-    def start(self, timeout: float = 15.0) -> SftpServer:
+    def start(self, timeout: float = 15.0) -> LocalSftpServer:
         self.root.mkdir(parents=True, exist_ok=True)
         loop = asyncio.new_event_loop()
         started = threading.Event()
@@ -250,7 +250,7 @@ class SftpServer:
         finally:
             self.stop()
 
-    def __enter__(self) -> SftpServer:
+    def __enter__(self) -> LocalSftpServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -293,7 +293,7 @@ def run(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--authorized-keys expects NAME:FILE, got {item!r}")
         keys[name] = Path(path).read_text(encoding="utf-8")
-    server = SftpServer(
+    server = LocalSftpServer(
         args.root,
         args.host,
         args.port,

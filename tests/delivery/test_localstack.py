@@ -126,11 +126,11 @@ def test_sftp_known_hosts_line(sftp_server: SftpServerInfo) -> None:
 
 
 def test_sftp_host_key_file_is_stable(tmp_path: Path) -> None:
-    from rossflow.localstack.sftp_server import SftpServer
+    from rossflow.localstack.sftp_server import LocalSftpServer
 
     key_path = tmp_path / "keys" / "host_ed25519"
-    first = SftpServer(tmp_path / "root", host_key_path=key_path).public_host_key()
-    second = SftpServer(tmp_path / "root", host_key_path=key_path).public_host_key()
+    first = LocalSftpServer(tmp_path / "root", host_key_path=key_path).public_host_key()
+    second = LocalSftpServer(tmp_path / "root", host_key_path=key_path).public_host_key()
     assert first == second and key_path.stat().st_mode & 0o777 == 0o600
 
 

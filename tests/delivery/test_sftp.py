@@ -21,7 +21,7 @@ from rossflow.delivery.sftp import (
     SftpSession,
     is_temp_name,
 )
-from rossflow.localstack.sftp_server import SftpServer
+from rossflow.localstack.sftp_server import LocalSftpServer
 from tests.fixtures.servers import SftpServerInfo
 
 
@@ -83,7 +83,7 @@ def test_collision_replace_is_atomic_with_posix_rename(sftp_server: SftpServerIn
 
 
 def test_collision_replace_without_posix_rename(tmp_path: Path) -> None:
-    with SftpServer(tmp_path, posix_rename=False) as server:
+    with LocalSftpServer(tmp_path, posix_rename=False) as server:
         (tmp_path / "a.txt").write_bytes(b"old")
         info = SftpConnectionInfo(
             host=server.host,
@@ -267,7 +267,9 @@ def test_key_based_auth(tmp_path: Path, kind: str) -> None:
             passphrase = "correct horse"
             enc = serialization.BestAvailableEncryption(passphrase.encode())
         text = _openssh_private(key, serialization.PrivateFormat.OpenSSH, enc)
-    with SftpServer(tmp_path, users={}, authorized_keys={"deploy": [_public_line(key)]}) as server:
+    with LocalSftpServer(
+        tmp_path, users={}, authorized_keys={"deploy": [_public_line(key)]}
+    ) as server:
         info = SftpConnectionInfo(
             host=server.host,
             port=server.port,

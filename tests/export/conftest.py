@@ -10,8 +10,8 @@ import pytest
 
 from blocks import RestTarget
 from rossflow.artifacts import ArtifactStore
-from rossflow.export.config import load_pipeline
 from rossflow.export.engine import DocReport, ExportEngine, Targets
+from rossflow.export.loading import load_pipeline
 from rossflow.ledger import Ledger
 from rossflow.rossum import RetryPolicy, RossumClient
 

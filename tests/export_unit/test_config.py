@@ -18,10 +18,9 @@ from rossflow.export.config import (
     S3Step,
     SftpStep,
     TemplateStep,
-    dump_native,
-    load_pipeline,
 )
 from rossflow.export.errors import ConfigError
+from rossflow.export.loading import dump_native, load_pipeline
 
 README = Path(__file__).parents[2] / "rossflow" / "export" / "README.md"
 
@@ -608,3 +607,29 @@ def test_unrecognised_input() -> None:
 def test_pipeline_model_direct() -> None:
     cfg = PipelineConfig.model_validate(native(tpl("a")))
     assert cfg.produced_keys() == {"k": "a"}
+
+
+def test_load_time_checks_name_every_bad_step_at_once() -> None:
+    bad_template = {"name": "t", "type": "template", "key": "k", "template": "{% if %}"}
+    bad_message = {"name": "e", "type": "evaluate", "require": "1 == 1", "message": "{{ x"}
+    bad_when = {**tpl("w", "k2"), "when": "(lambda: 1)()"}
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(native(bad_template, bad_message, bad_when))
+    problems = err.value.problems
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("step 't': template 'k' line 1")
+    assert problems[1].startswith("step 'e': template 'e.message'")
+    assert problems[2].startswith("step 'w': ") and "lambda" in problems[2]
+
+
+def test_v1_condition_on_a_step_that_does_not_run_before_is_a_warning() -> None:
+    rest = hook("api", {"request": {"url": "https://erp.example/x", "method": "POST"}})
+    check = hook("check", {"condition": "responses.api.status_code != 201"}, run_after=[])
+    cfg = load_pipeline([check, rest])
+    assert any(
+        "condition reads responses.api but does not run after 'api'" in w for w in cfg.warnings
+    )
+    ev = {"name": "check", "type": "evaluate", "condition": "responses.api.status_code != 201"}
+    api = {"name": "api", "type": "rest", "request": {"url": "https://erp.example/x"}}
+    with pytest.raises(ConfigError, match="does not run after 'api'"):
+        load_pipeline(native(api, ev))

@@ -21,11 +21,11 @@ from rossflow.export.config import (
     RestStep,
     SftpStep,
     TemplateStep,
-    load_pipeline,
 )
 from rossflow.export.context import ExportContext
 from rossflow.export.errors import DeliveryError, EvaluationFailed, ExtractionError, StepError
 from rossflow.export.extract import build_response_record
+from rossflow.export.loading import load_pipeline
 from rossflow.export.steps import (
     annotation_content_bytes,
     apply_response,

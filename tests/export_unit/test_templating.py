@@ -10,9 +10,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from rossflow.export.config import TemplateOutput, TemplateStep, load_pipeline
+from rossflow.export.config import TemplateOutput, TemplateStep
 from rossflow.export.context import ExportContext
 from rossflow.export.errors import TemplateRenderError
+from rossflow.export.loading import load_pipeline
 from rossflow.export.templating import render, render_step, render_text, wants_autoescape
 from tests.export_unit.conftest import PDF_BYTES
 

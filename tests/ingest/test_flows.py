@@ -205,3 +205,58 @@ def test_status_tracking_batches_ids(sandbox: SandboxServer, count: int) -> None
     assert report.counts["to_review"] == count - 1 and report.missing == [999_999]
     assert [row["annotation"] for row in report.stuck] == [ids[5]]
     assert "failed_export" in report.markdown()
+
+
+def test_empty_ingest_run_creates_no_artifact(
+    prefect_harness: None,
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A scheduled run that finds nothing logs one line and leaves no artifact behind."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.ingest import ingest
+
+    async def count(key: str) -> int:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+            return len(found)
+
+    def counts() -> tuple[int, int]:
+        return asyncio.run(count("ingest-report")), asyncio.run(count("ingest-summary"))
+
+    (sftp_server.root / "inbox").mkdir(exist_ok=True)
+    put(sftp_server.root / "inbox", "readme.md", b"matches no rule")
+    source = IngestSource(
+        sftp_server=sftp_block(sftp_server),
+        directory="/inbox",
+        rules=[{"pattern": "*.pdf", "queue_id": 1}],
+    )
+    before = counts()
+    options = IngestOptions(ledger_path=str(tmp_path / "ingest.db"), min_age_s=0)
+    with caplog.at_level("INFO", logger="prefect.flow_runs"):
+        states = [
+            ingest(source=source, rossum=rossum_block(sandbox), options=options, return_state=True)
+            for _ in range(2)
+        ]
+    for state in states:
+        assert state.is_completed()
+        assert state.result()["processed"] == 0
+        assert artifacts(str(state.state_details.flow_run_id)) == {}
+    assert counts() == before
+    lines = [r.getMessage() for r in caplog.records if "nothing to do" in r.getMessage()]
+    assert len(lines) == 2 and "1 matched no rule" in lines[0], lines
+
+    # A run with work still publishes its report.
+    put(sftp_server.root / "inbox", "a.pdf", pdf("a"))
+    state = ingest(source=source, rossum=rossum_block(sandbox), options=options, return_state=True)
+    assert state.result()["uploaded"] == 1
+    assert set(artifacts(str(state.state_details.flow_run_id))) == {
+        "ingest-report",
+        "ingest-summary",
+    }

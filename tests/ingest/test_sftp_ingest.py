@@ -405,8 +405,12 @@ def test_deadline_defers_and_next_run_resumes_without_reupload(
     assert len(claimed) == 1  # still claimed by the (finished) first run
     time.sleep(1.3)
     second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
-    assert second.recovered == 1 and second.counts[UPLOADED] == 1
-    assert second.uploads_sent == 0
+    # Sent by the first run: this one only saw the import through, so it is no "upload".
+    assert second.recovered == 1 and second.counts[DUPLICATE] == 1
+    assert second.counts[UPLOADED] == 0 and second.uploads_sent == 0
+    row = by_file(second)["slow.pdf"]
+    assert row["reason"] == "uploaded_earlier" and row["annotation"], row
+    assert f"annotation {row['annotation']}" in row["message"]
     assert len(sandbox_annotations(sandbox_client)) == 1
     assert (inbox / f"archive/{TODAY}/slow.pdf").exists()
     assert not list((inbox / "processing").rglob("*"))
@@ -443,7 +447,8 @@ def test_crash_after_upload_before_ledger_is_reconciled(
     assert [e.state for e in ledger.in_state(KIND, "started")] == ["started"]
     monkeypatch.setattr(Ledger, "finish", real_finish)
     second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
-    assert second.counts[UPLOADED] == 1 and second.uploads_sent == 0 and second.reconciled == 1
+    assert second.counts[DUPLICATE] == 1 and second.uploads_sent == 0 and second.reconciled == 1
+    assert second.counts[UPLOADED] == 0
     assert len(sandbox_annotations(sandbox_client)) == 1
     assert ledger.in_state(KIND, "started") == []
     ledger.close()
@@ -472,7 +477,8 @@ def test_crash_between_upload_and_archive_is_not_reuploaded(
         )
     assert first.counts[UPLOADED] == 1 and "not moved yet" in first.rows[0]["message"]
     second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
-    assert second.recovered == 1 and second.counts[UPLOADED] == 1 and second.uploads_sent == 0
+    assert second.recovered == 1 and second.counts[DUPLICATE] == 1 and second.uploads_sent == 0
+    assert by_file(second)["a.pdf"]["reason"] == "uploaded_earlier"
     assert len(sandbox_annotations(sandbox_client)) == 1
     assert (inbox / f"archive/{TODAY}/a.pdf").exists()
 
@@ -515,3 +521,62 @@ def test_recovered_file_no_rule_matches_goes_back_to_the_inbox(
     assert report.recovered == 1 and report.counts[SKIPPED] == 1
     assert (sftp_server.root / "inbox/notes/a.txt").exists()
     assert not [p for p in processing.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("how", ["delete_action", "hard_delete", "purge"])
+def test_ledger_annotation_gone_from_rossum_fails_with_reason(
+    sftp_server: SftpServerInfo,
+    sandbox: SandboxServer,
+    sandbox_client: httpx.Client,
+    tmp_path: Path,
+    how: str,
+) -> None:
+    """A file the ledger knows is a duplicate naming its annotation; once that annotation is gone
+    from Rossum the report says so and the file goes to failed/, unless reupload_missing."""
+    inbox = sftp_server.root / "inbox"
+    rules = [{"pattern": "*.pdf", "queue_id": 1}]
+    put(inbox, "a.pdf", pdf("a"))
+    first = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
+    assert first.counts[UPLOADED] == 1 and first.uploads_sent == 1
+    (ann_id,) = first.annotation_ids
+
+    # Dropped again while the annotation exists: a duplicate naming it, nothing sent.
+    put(inbox, "a.pdf", pdf("a"))
+    second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
+    assert (second.counts[UPLOADED], second.counts[DUPLICATE], second.uploads_sent) == (0, 1, 0)
+    row = by_file(second)["a.pdf"]
+    assert row["annotation"] == str(ann_id) and f"annotation {ann_id}" in row["message"]
+
+    if how == "delete_action":
+        sandbox_client.post(f"/v1/annotations/{ann_id}/delete").raise_for_status()
+        gone = "is deleted"
+    elif how == "hard_delete":
+        sandbox_client.delete(f"/v1/annotations/{ann_id}").raise_for_status()
+        gone = "answers 404"
+    else:
+        sandbox_client.post(f"/v1/annotations/{ann_id}/delete").raise_for_status()
+        sandbox_client.post("/v1/annotations/purge_deleted", json={}).raise_for_status()
+        status = sandbox_client.get(f"/v1/annotations/{ann_id}")
+        gone = "answers 404" if status.status_code == 404 else "is purged"
+
+    put(inbox, "a.pdf", pdf("a"))
+    third = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
+    assert (third.counts[UPLOADED], third.counts[FAILED], third.uploads_sent) == (0, 1, 0)
+    row = by_file(third)["a.pdf"]
+    assert row["reason"] == E.ANNOTATION_MISSING, row
+    assert f"annotation {ann_id} {gone}" in row["message"] and "reupload_missing" in row["message"]
+    failed = list((inbox / "failed").rglob("a.pdf"))
+    assert len(failed) == 1
+    sidecar = json.loads(next((inbox / "failed").rglob("a.pdf.error.json")).read_text())
+    assert sidecar["reason"] == E.ANNOTATION_MISSING, sidecar
+
+    # With the documented option the file is sent again.
+    put(inbox, "a.pdf", pdf("a"))
+    fourth = run_ingest(
+        sftp_source(sftp_server),
+        rules,
+        client_factory(sandbox),
+        options(tmp_path, reupload_missing=True),
+    )
+    assert (fourth.counts[UPLOADED], fourth.uploads_sent) == (1, 1), fourth.table()
+    assert fourth.annotation_ids and fourth.annotation_ids != [ann_id]

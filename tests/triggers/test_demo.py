@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,7 @@ from tests.scaleout.processes import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_demo_once_exports_every_sample_via_the_webhook(tmp_path: Path) -> None:
-    home = tmp_path / "demo"
+def _run_demo(home: Path, tmp_path: Path, *extra: str) -> str:
     ports = {
         name: str(free_port()) for name in ("prefect", "sandbox", "erp", "sftp", "s3", "webhook")
     }
@@ -32,7 +30,7 @@ def test_demo_once_exports_every_sample_via_the_webhook(tmp_path: Path) -> None:
             "rossflow.cli",
             "demo",
             "--once",
-            "--fresh",
+            *extra,
             "--files",
             "4",
             "--home",
@@ -49,6 +47,11 @@ def test_demo_once_exports_every_sample_via_the_webhook(tmp_path: Path) -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-4000:]
+    return out
+
+
+def _final(out: str) -> tuple[int, int, str, int, int]:
     final = re.search(
         r"exported (\d+), failed (\d+) \(via (webhook trigger|[^)]*)\); ERP holds (\d+) "
         r"invoice\(s\), (\d+) duplicate",
@@ -56,7 +59,47 @@ def test_demo_once_exports_every_sample_via_the_webhook(tmp_path: Path) -> None:
     )
     assert final, out[-4000:]
     exported, failed, via, at_erp, duplicates = final.groups()
-    assert (int(exported), int(failed), int(at_erp), int(duplicates)) == (4, 0, 4, 0), out[-4000:]
-    assert via == "webhook trigger", out[-4000:]  # not the in-process safety net
+    return int(exported), int(failed), via, int(at_erp), int(duplicates)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_demo_once_exports_every_sample_via_the_webhook(tmp_path: Path) -> None:
+    home = tmp_path / "demo"
+    out = _run_demo(home, tmp_path, "--fresh")
+    assert _final(out) == (4, 0, "webhook trigger", 4, 0), out[-4000:]
+    assert "ingest:  4 uploaded, 0 duplicate, 0 failed" in out, out[-4000:]
+    # What a person needs: URLs, logins, where the reports and logs are.
+    assert "where to look" in out and "/_erp/received" in out and "runner.log" in out
+    assert re.search(r"export report\s+\S+/export-state/reports/export-\S+\.csv", out), out
     runner_log = (home / "runner.log").read_text()
     assert "flow runs start from a preloaded fork server" in runner_log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_demo_once_twice_in_the_same_folder_exports_every_sample_both_times(
+    tmp_path: Path,
+) -> None:
+    """The sandbox database and the ledgers are reused together: the second run drops new
+    samples, uploads and exports all of them (before: 0 documents, "uploaded: 8")."""
+    home = tmp_path / "demo"
+    first = _run_demo(home, tmp_path, "--fresh")
+    assert _final(first)[:2] == (4, 0), first[-4000:]
+    second = _run_demo(home, tmp_path)
+    assert "reusing the demo state" in second, second[-4000:]
+    assert "ingest:  4 uploaded, 0 duplicate, 0 failed, 0 deferred, 0 skipped (4 upload(s)" in (
+        second
+    ), second[-4000:]
+    assert _final(second) == (4, 0, "webhook trigger", 4, 0), second[-4000:]
+    # The sandbox kept the first run's documents: 8 exported annotations in queue 1 now.
+    with sqlite3.connect(home / "sandbox.db") as db:
+        (exported,) = db.execute(
+            "select count(*) from annotations where queue = 1 and status = 'exported'"
+        ).fetchone()
+    assert exported == 8
+    # A part of the state missing: everything is reset together, and the run still works.
+    (home / "ingest.db").unlink()
+    third = _run_demo(home, tmp_path)
+    assert "was incomplete (missing: ingest.db)" in third, third[-4000:]
+    assert _final(third)[:2] == (4, 0), third[-4000:]
