@@ -112,8 +112,7 @@ async def export_exported_since(
                 ).run()
                 results.append(result)
                 logger.info(
-                    "queue %s: %s; %s already delivered; %s left to another run;"
-                    " watermark %s → %s",
+                    "queue %s: %s; %s already delivered; %s left to another run; watermark %s → %s",
                     queue_id,
                     result.counts() or "nothing new",
                     result.already_done,

@@ -79,7 +79,13 @@ from .steps import (
 log = logging.getLogger("rossflow.export")
 
 Outcome = Literal[
-    "exported", "failed_export", "failed_kept_confirmed", "dry_run", "not_moved", "delivered", "failed"
+    "exported",
+    "failed_export",
+    "failed_kept_confirmed",
+    "dry_run",
+    "not_moved",
+    "delivered",  # move_status=False (exported-since mode)
+    "failed",  # move_status=False
 ]
 OnFailure = Literal["failed_export", "keep_confirmed"]
 

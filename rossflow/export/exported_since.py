@@ -77,9 +77,9 @@ def normalize_ts(value: str | datetime) -> str:
 
 
 def shift_ts(value: str, seconds: float) -> str:
-    return normalize_ts(datetime.strptime(value, TS_FORMAT).replace(tzinfo=UTC) + timedelta(
-        seconds=seconds
-    ))
+    return normalize_ts(
+        datetime.strptime(value, TS_FORMAT).replace(tzinfo=UTC) + timedelta(seconds=seconds)
+    )
 
 
 def unit_key(queue_id: int, pipeline: str, annotation_id: int, exported_at: str) -> str:
@@ -194,23 +194,22 @@ class ExportedSince:
             stamps = [normalize_ts(i["exported_at"]) for i in items if i.get("exported_at")]
             if stamps:
                 last_read = max(stamps) if last_read is None else max(last_read, *stamps)
+            # After every page, so a crash later in the run keeps the progress made so far.
+            target = first_unfinished if first_unfinished is not None else last_read
+            if target is not None and (since is None or target > since):
+                since = result.watermark_after = advance_watermark(
+                    self.watermarks, self.queue_id, self.pipeline, target
+                )
             if not has_next or not stamps:
                 break
             if cursor == max(stamps):
                 page += 1  # the whole page shares one exported_at: page through the tie
             else:
                 cursor, page = max(stamps), 1
-        target = first_unfinished if first_unfinished is not None else last_read
-        if target is not None and (since is None or target > since):
-            result.watermark_after = advance_watermark(
-                self.watermarks, self.queue_id, self.pipeline, target
-            )
-        elif before is None and since is not None:
-            result.watermark_after = advance_watermark(
-                self.watermarks, self.queue_id, self.pipeline, since
-            )
-        else:
-            result.watermark_after = self.watermarks.get(self.queue_id, self.pipeline)
+        if before is None and self.start_at is not None and result.watermark_after is None:
+            # A first run with start_at that found nothing still records where it starts.
+            advance_watermark(self.watermarks, self.queue_id, self.pipeline, self.start_at)
+        result.watermark_after = self.watermarks.get(self.queue_id, self.pipeline)
         return result
 
     def _units(self, items: Sequence[Mapping[str, Any]], seen: set[str]) -> list[_Unit]:

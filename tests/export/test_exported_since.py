@@ -21,6 +21,7 @@ from rossflow.export.exported_since import (
     ExportedSinceResult,
     advance_watermark,
     normalize_ts,
+    shift_ts,
 )
 from rossflow.export.loading import load_pipeline
 from rossflow.ledger import Ledger
@@ -67,8 +68,7 @@ async def run_once(rig: ExportRig, **kw: Any) -> ExportedSinceResult:
 async def exported_state(rig: ExportRig, ids: list[int]) -> dict[int, tuple[str, str]]:
     async with rig.client() as client:
         return {
-            a["id"]: (a["status"], a["exported_at"])
-            async for a in client.list_annotations(ids=ids)
+            a["id"]: (a["status"], a["exported_at"]) async for a in client.list_annotations(ids=ids)
         }
 
 
@@ -129,8 +129,9 @@ async def test_failure_is_reported_retried_next_run_and_holds_the_watermark(rig)
     late = rig.sandbox.seed(queue=1, count=3, status="exported")
     stamps = await exported_state(rig, early + late)
     # The first delivery (lowest exported_at, then id) meets an ERP outage for all 3 attempts.
-    rig.erp.configure({"script": [{"status": 503, "body": {"error": "down"}, "times": 3}]},
-                      merge=True)
+    rig.erp.configure(
+        {"script": [{"status": 503, "body": {"error": "down"}, "times": 3}]}, merge=True
+    )
     first = await run_once(rig, concurrency=1)
     outcomes = {r.annotation_id: r.outcome for r in first.reports}
     assert outcomes == {early[0]: "failed", **{i: "delivered" for i in early[1:] + late}}
@@ -148,8 +149,9 @@ async def test_failure_is_reported_retried_next_run_and_holds_the_watermark(rig)
 
 async def test_given_up_after_max_attempts_then_the_watermark_passes_it(rig):
     ids = rig.sandbox.seed(queue=1, count=3, status="exported")
-    rig.erp.configure({"script": [{"status": 422, "body": {"error": "bad vendor"}, "times": 1}]},
-                      merge=True)
+    rig.erp.configure(
+        {"script": [{"status": 422, "body": {"error": "bad vendor"}, "times": 1}]}, merge=True
+    )
     first = await run_once(rig, concurrency=1, max_attempts=2)
     assert sorted(r.outcome for r in first.reports) == ["delivered", "delivered", "failed"]
     second = await run_once(rig, max_attempts=2)  # the ERP answers 422 again (idempotent key)
@@ -160,6 +162,20 @@ async def test_given_up_after_max_attempts_then_the_watermark_passes_it(rig):
     assert third.reports == [] and rig.erp.stats()["requests"] == requests
     stamp = (await exported_state(rig, ids))[ids[0]][1]
     assert third.watermark_after == normalize_ts(stamp)
+
+
+async def test_start_at_skips_older_exports_and_pages_over_distinct_timestamps(rig):
+    old = rig.sandbox.seed(queue=1, count=3, status="exported")
+    ids = rig.sandbox.seed(queue=1, count=12, status="confirmed")
+    time.sleep(0.01)
+    start = shift_ts(normalize_ts((await exported_state(rig, old))[old[0]][1]), 0.001)
+    for ann_id in ids:  # twelve distinct exported_at values, read five at a time
+        rig.sandbox.force_status(ann_id, "exported")
+    result = await run_once(rig, page_size=5, start_at=start)
+    assert [r.annotation_id for r in result.reports] == ids  # in exported_at order
+    assert rig.erp.stats()["documents"] == 12
+    last = (await exported_state(rig, ids))[ids[-1]][1]
+    assert result.watermark_after == normalize_ts(last)
 
 
 def test_watermark_moves_only_forward_by_compare_and_set(tmp_path):
@@ -242,8 +258,9 @@ async def test_sigkill_mid_batch_then_rerun_delivers_each_once_and_skips_none(ri
     child.wait(10)
     delivered_before = rig.erp.stats()["documents"]
     assert 0 < delivered_before < n
+    stamp = normalize_ts((await exported_state(rig, ids))[ids[0]][1])
     watermarks = WatermarkStore(rig.state / "state.db")
-    assert watermarks.get(1, "erp-json") is None  # the killed run advanced nothing
+    assert watermarks.get(1, "erp-json") in (None, stamp)  # never past what is unfinished
     watermarks.close()
 
     rig.erp.configure({"latency_s": 0.0}, merge=True)
