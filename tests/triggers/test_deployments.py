@@ -73,7 +73,14 @@ def test_trigger_matches_only_confirmed_by_default() -> None:
     }
 
 
-@pytest.mark.parametrize("entrypoint", ["flows.export:export_confirmed", "flows.ingest:ingest"])
+@pytest.mark.parametrize(
+    "entrypoint",
+    [
+        "flows.export:export_confirmed",
+        "flows.ingest:ingest",
+        "flows.export_exported_since:export_exported_since",
+    ],
+)
 def test_every_parameter_has_a_description_for_the_run_form(entrypoint: str) -> None:
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
@@ -108,7 +115,11 @@ def test_prefect_yaml_is_consistent() -> None:
         if flow.name == "rossum-export":
             assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
             assert deployment["triggers"]
-    assert names == {"rossum-export/queues-1", "rossflow-ingest/scheduled"}
+    assert names == {
+        "rossum-export/queues-1",
+        "rossflow-ingest/scheduled",
+        "rossflow-export-exported-since/exported-since-queues-2",
+    }
 
 
 @pytest.mark.slow
@@ -150,6 +161,9 @@ async def test_prefect_deploy_creates_the_deployments(prefect_harness, tmp_path:
     async with get_client() as client:
         export = await client.read_deployment_by_name("rossum-export/queues-1")
         ingest = await client.read_deployment_by_name("rossflow-ingest/scheduled")
+        since = await client.read_deployment_by_name(
+            "rossflow-export-exported-since/exported-since-queues-2"
+        )
         automations = await client.read_resource_related_automations(
             f"prefect.deployment.{export.id}"
         )
@@ -165,8 +179,10 @@ async def test_prefect_deploy_creates_the_deployments(prefect_harness, tmp_path:
             (automation,) = automations
             assert automation.trigger.expect == {"rossum.annotation.status_changed"}
             assert automation.actions[0].schedule_after == timedelta(seconds=3)
+            assert since.parameters["queues"] == [2] and since.schedules
+            assert since.parameter_openapi_schema["properties"]["lookback_s"]["description"]
         finally:
-            for deployment in (export, ingest):
+            for deployment in (export, ingest, since):
                 await client.delete_resource_owned_automations(
                     f"prefect.deployment.{deployment.id}"
                 )
