@@ -59,6 +59,26 @@ async def test_build_registers_export_per_group_and_ingest_per_source(tmp_path: 
     assert ingest.concurrency_limit is None  # ingest runs may overlap safely
 
 
+async def test_build_registers_exported_since_per_group(tmp_path: Path) -> None:
+    deployments = await build(
+        pipeline="/etc/rossflow/pipeline.yaml",
+        queue_groups=[[1]],
+        exported_since_groups=[[2]],
+        exported_since_interval_s=120,
+        state_dir=str(tmp_path),
+    )
+    since = {d.full_name: d for d in deployments}[
+        "rossflow-export-exported-since/exported-since-queues-2"
+    ]
+    assert since.entrypoint == "flows.export_exported_since.export_exported_since"
+    assert since.parameters["queues"] == [2]
+    assert since.parameters["state_dir"] == str(tmp_path / "export-state")
+    assert not since.triggers and since.concurrency_limit == 1
+    assert [s.schedule.interval for s in since.schedules] == [timedelta(seconds=120)]
+    with pytest.raises(ValueError, match="queue 1 is in two groups"):
+        await build(pipeline="p.yaml", queue_groups=[[1]], exported_since_groups=[[1]])
+
+
 def test_overlapping_queue_groups_are_refused() -> None:
     check_groups([[1, 2], [3]])
     with pytest.raises(ValueError, match="queue 2 is in two groups"):
