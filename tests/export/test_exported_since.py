@@ -178,6 +178,27 @@ async def test_start_at_skips_older_exports_and_pages_over_distinct_timestamps(r
     assert result.watermark_after == normalize_ts(last)
 
 
+async def test_an_export_that_becomes_visible_late_is_still_delivered(rig):
+    """An annotation whose ``exported_at`` is older than the watermark when it first shows up
+    (a late commit; here: moved into the queue afterwards) is read again thanks to
+    ``lookback_s``; the ledger skips everything else in that window."""
+    late = rig.sandbox.seed(queue=2, count=1, status="exported")[0]  # exported first …
+    time.sleep(0.01)
+    ids = rig.sandbox.seed(queue=1, count=3, status="exported")
+    first = await run_once(rig)
+    assert sorted(r.annotation_id for r in first.reports) == ids
+    async with rig.client() as client:  # … and visible in queue 1 only now
+        await client.request("PATCH", f"/v1/annotations/{late}", json={"queue": 1})
+    assert normalize_ts((await exported_state(rig, [late]))[late][1]) < first.watermark_after
+
+    without = await run_once(rig, lookback_s=0)  # what a plain "after the watermark" misses
+    assert without.reports == []
+    second = await run_once(rig)
+    assert [r.annotation_id for r in second.reports] == [late]
+    assert second.already_done == 3
+    assert rig.erp.stats()["documents"] == 4
+
+
 def test_watermark_moves_only_forward_by_compare_and_set(tmp_path):
     store = WatermarkStore(tmp_path / "state.db")
     assert advance_watermark(store, 1, "p", "2026-01-01T00:00:02.000000Z").endswith("02.000000Z")
