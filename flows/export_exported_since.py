@@ -111,6 +111,8 @@ async def export_exported_since(
                     run_batch=_run_batch_as_tasks,
                 ).run()
                 results.append(result)
+                for warning in result.warnings:
+                    logger.warning("%s", warning)
                 logger.info(
                     "queue %s: %s; %s already delivered; %s left to another run; watermark %s → %s",
                     queue_id,

@@ -118,6 +118,7 @@ class ExportedSinceResult:
     already_done: int = 0
     left_to_others: list[int] = field(default_factory=list)
     read: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -171,6 +172,14 @@ class ExportedSince:
         before = self.watermarks.get(self.queue_id, self.pipeline)
         since = before if before is not None else self.start_at
         result = ExportedSinceResult(self.queue_id, before, before)
+        queue = await self.client.get_queue(self.queue_id)
+        if queue.get("use_confirmed_state"):
+            result.warnings.append(
+                f"queue {self.queue_id} uses the confirmed state: its annotations reach"
+                " 'exported' through a confirmed-state export (rossflow's export flow or"
+                " another system), which may have delivered them already; exported-since"
+                " delivers them (again) through this pipeline"
+            )
         # Look back only behind a watermark this mode set (late commits); a first run's
         # ``start_at`` is taken literally.
         cursor = shift_ts(before, -self.lookback_s) if before is not None else since

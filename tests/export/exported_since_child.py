@@ -1,8 +1,8 @@
 """One exported-since run in its own process: ``python -m tests.export.exported_since_child '<json>'``.
 
 Used for overlapping runs (two processes = two workers, so ledger claims really compete) and for
-a SIGKILL mid-batch. Waits until ``start_at`` so that two children start together, then prints
-the run's counts as JSON. The state store comes from ``state`` (SQLite files) unless
+a SIGKILL mid-batch. With ``go_file`` it prints ``ready`` once set up and waits for that file, so
+that two children start together; then it prints the run's counts as JSON. The state store comes from ``state`` (SQLite files) unless
 ``ROSSFLOW_STATE_URL`` is set in the environment.
 """
 
@@ -39,7 +39,11 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         retry=RetryPolicy(backoff_initial_s=0.05, backoff_max_s=0.2),
     )
     targets = Targets(rest={"erp": RestTarget(base_url=config["erp_url"], max_attempts=3)})
-    time.sleep(max(0.0, config.get("start_at", 0) - time.time()))
+    if config.get("go_file"):
+        print("ready", flush=True)
+        go = Path(config["go_file"])
+        while not go.exists():
+            time.sleep(0.005)
     async with (
         client,
         ExportEngine(

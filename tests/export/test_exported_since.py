@@ -55,7 +55,7 @@ async def run_once(rig: ExportRig, **kw: Any) -> ExportedSinceResult:
                 client,
                 ledger=ledger,
                 watermarks=watermarks,
-                queue_id=1,
+                queue_id=kw.pop("queue", 1),
                 pipeline=config.name,
                 page_size=kw.pop("page_size", 10),
                 **kw,
@@ -66,6 +66,7 @@ async def run_once(rig: ExportRig, **kw: Any) -> ExportedSinceResult:
 
 
 async def exported_state(rig: ExportRig, ids: list[int]) -> dict[int, tuple[str, str]]:
+    """Status and ``exported_at`` of each annotation, as Rossum reports them."""
     async with rig.client() as client:
         return {
             a["id"]: (a["status"], a["exported_at"]) async for a in client.list_annotations(ids=ids)
@@ -93,6 +94,8 @@ async def test_each_exported_annotation_once_status_untouched_later_exports_pick
     assert rig.erp.stats()["documents"] == 25
     stamp = normalize_ts(before[ids[0]][1])
     assert first.watermark_before is None and first.watermark_after == stamp
+    (warning,) = first.warnings  # queue 1 of the sandbox uses the confirmed state
+    assert "queue 1 uses the confirmed state" in warning
 
     second = await run_once(rig, page_size=10)
     assert second.reports == [] and second.already_done == 25
@@ -112,12 +115,14 @@ async def test_each_exported_annotation_once_status_untouched_later_exports_pick
 
 
 async def test_re_export_runs_again_but_an_unchanged_payload_is_not_resent(rig):
-    ids = rig.sandbox.seed(queue=1, count=3, status="exported")
-    await run_once(rig)
+    # Queue 2 of the sandbox has no confirmed state: Rossum exports by itself, no warning.
+    ids = rig.sandbox.seed(queue=2, count=3, status="exported")
+    first = await run_once(rig, queue=2)
+    assert first.counts() == {"delivered": 3} and first.warnings == []
     assert rig.erp.stats()["documents"] == 3
     time.sleep(0.01)
     rig.sandbox.force_status(ids[1], "exported")  # Rossum exported it again: new exported_at
-    again = await run_once(rig)
+    again = await run_once(rig, queue=2)
     assert [(r.annotation_id, r.outcome) for r in again.reports] == [(ids[1], "delivered")]
     assert "reused" in again.reports[0].message
     assert rig.erp.stats()["requests"] == 3  # same request: the ledger's recorded reply
@@ -242,9 +247,14 @@ async def test_two_overlapping_runs_deliver_each_annotation_exactly_once(
             monkeypatch.setenv(key, value)
     n = 40
     ids = rig.sandbox.seed(queue=1, count=n, status="exported")
-    rig.erp.configure({"latency_s": 0.03}, merge=True)
-    start_at = time.time() + 3.0
-    children = [_child(rig, env, start_at=start_at, concurrency=4) for _ in range(2)]
+    rig.erp.configure({"latency_s": 0.05}, merge=True)
+    go = rig.state.parent / "go"
+    children = [_child(rig, env, go_file=str(go), concurrency=4) for _ in range(2)]
+    for child in children:  # both set up (imports, state store open) before either starts
+        assert child.stdout is not None
+        line = child.stdout.readline().decode().strip()
+        assert line == "ready", (line, child.stderr.read().decode()[-3000:])  # type: ignore[union-attr]
+    go.touch()
     outs = []
     for child in children:
         stdout, stderr = child.communicate(timeout=180)
