@@ -17,6 +17,8 @@ registers and runs:
     absorbed by that firing, and the run is scheduled ``--coalesce`` seconds later, so every
     absorbed annotation was already confirmed when the run lists the queue;
   - an interval schedule as the safety net (missed hooks, runner down, hooks disabled).
+* ``rossflow-export-exported-since/exported-since-queues-<ids>``: one per ``--exported-since``
+  group (queues where Rossum exports by itself), on an interval schedule, never two at once.
 
 The runner polls every ``--poll`` seconds (default 1; Prefect's default is 10, too slow for a
 hook-driven export) and starts each flow run in its own process, forked from a server that has
@@ -138,6 +140,44 @@ async def export_deployment(
     )
 
 
+async def exported_since_deployment(
+    queues: Sequence[int],
+    pipeline: str,
+    *,
+    rossum: str = "rossum",
+    state_dir: str = ".rossflow/export-state",
+    secrets_block: str | None = None,
+    interval_s: float = 300.0,
+    tags: Sequence[str] = ("rossflow", "export", "exported-since"),
+) -> Any:
+    """A ``RunnerDeployment`` of the exported-since flow (queues where Rossum exports by
+    itself): on a schedule only, never two runs at once (overlap is safe, only wasteful)."""
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Interval
+
+    from flows.export_exported_since import export_exported_since
+
+    queues = [int(q) for q in queues]
+    parameters: dict[str, Any] = {
+        "queues": queues,
+        "pipeline": pipeline,
+        "rossum": rossum,
+        "state_dir": state_dir,
+    }
+    if secrets_block:
+        parameters["secrets_block"] = secrets_block
+    return await export_exported_since.ato_deployment(
+        name="exported-since-" + export_deployment_name(queues),
+        description=f"Deliver annotations Rossum exported by itself in queues {queues} through "
+        f"{pipeline}; their status stays exported.",
+        parameters=parameters,
+        schedules=[Interval(timedelta(seconds=interval_s), slug="exported-since")],
+        concurrency_limit=export_concurrency(),
+        tags=list(tags),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
 async def ingest_deployment(
     sources: Sequence[str],
     *,
@@ -202,8 +242,10 @@ async def build(
     export_interval_s: float | None = 600.0,
     ingest_interval_s: float = 300.0,
     coalesce_s: float | None = DEFAULT_COALESCE_S,
+    exported_since_groups: Sequence[Sequence[int]] = (),
+    exported_since_interval_s: float = 300.0,
 ) -> list[Any]:
-    check_groups(queue_groups)
+    check_groups([*queue_groups, *exported_since_groups])
     deployments = [
         await export_deployment(
             group,
@@ -216,6 +258,17 @@ async def build(
         )
         for group in queue_groups
     ]
+    for group in exported_since_groups:
+        deployments.append(
+            await exported_since_deployment(
+                group,
+                pipeline,
+                rossum=rossum,
+                state_dir=str(Path(state_dir) / "export-state"),
+                secrets_block=secrets_block,
+                interval_s=exported_since_interval_s,
+            )
+        )
     if ingest_sources:
         deployments.append(
             await ingest_deployment(
@@ -309,6 +362,15 @@ def run(argv: list[str] | None = None) -> int:
         "(default $ROSSFLOW_QUEUES, groups separated by ';')",
     )
     parser.add_argument(
+        "--exported-since",
+        type=_queues,
+        action="append",
+        default=[],
+        help="comma-separated queue ids where Rossum exports by itself (no confirmed state, no "
+        "export hook): deliver what it exported, every --exported-since-interval s; repeatable",
+    )
+    parser.add_argument("--exported-since-interval", type=float, default=300.0, help="seconds")
+    parser.add_argument(
         "--ingest-source",
         action="append",
         default=None,
@@ -345,8 +407,8 @@ def run(argv: list[str] | None = None) -> int:
     sources = args.ingest_source
     if sources is None and env("ROSSFLOW_INGEST_SOURCES"):
         sources = [s.strip() for s in env("ROSSFLOW_INGEST_SOURCES", "").split(",") if s.strip()]
-    if not args.pipeline or not groups:
-        parser.error("--pipeline and at least one --queues group are required")
+    if not args.pipeline or not (groups or args.exported_since):
+        parser.error("--pipeline and at least one --queues or --exported-since group are required")
     if not Path(args.pipeline).is_file():
         parser.error(f"--pipeline {args.pipeline}: no such file")
     # the runs start elsewhere (the runner's or a worker's directory): pass an absolute path
@@ -355,7 +417,9 @@ def run(argv: list[str] | None = None) -> int:
     async def main() -> None:
         deployments = await build(
             pipeline=pipeline,
-            queue_groups=groups,
+            queue_groups=groups or [],
+            exported_since_groups=args.exported_since,
+            exported_since_interval_s=args.exported_since_interval,
             ingest_sources=sources or [],
             rossum=args.rossum,
             state_dir=str(Path(args.state_dir).resolve()),

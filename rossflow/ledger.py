@@ -9,8 +9,13 @@ is known (``done``/``failed``). A rerun reads the ledger first:
   (the ERP deduplicates) or reconcile (the ingest side looks the upload up in Rossum);
 * absent      → do it.
 
-SQLite in WAL mode: several threads and processes on one machine may share one file. Writes are
-short transactions; the batch helpers group a whole batch into one transaction.
+Two workers may *claim* a side effect (:meth:`Ledger.claim`): exactly one of them gets it while
+the other's claim is alive (its process runs, its lease has not expired), whatever the machines.
+
+The store is a SQLite file (WAL; threads and processes of one machine) unless
+``ROSSFLOW_STATE_URL`` names a PostgreSQL database shared by several machines
+(:mod:`rossflow.state`). Writes are short transactions; the batch helpers group a whole batch
+into one transaction.
 """
 
 from __future__ import annotations
@@ -22,7 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rossflow.sqlite import SqliteStore
+from rossflow.state.owner import current_owner, describe_owner, owner_gone
+from rossflow.state.store import StateStore
+
+#: Seconds a claim holds against workers on other machines (a worker on the same machine whose
+#: process is gone loses its claims at once).
+DEFAULT_LEASE_S = 900.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS effects (
@@ -34,8 +44,8 @@ CREATE TABLE IF NOT EXISTS effects (
     state        TEXT NOT NULL,          -- 'started' | 'done' | 'failed'
     attempts     INTEGER NOT NULL DEFAULT 0,
     result       TEXT,                   -- JSON: http status, refs, ids …
-    created_at   REAL NOT NULL,
-    updated_at   REAL NOT NULL
+    created_at   {real} NOT NULL,
+    updated_at   {real} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS effects_subject ON effects(kind, subject);
 CREATE TABLE IF NOT EXISTS sequences (
@@ -49,6 +59,23 @@ CREATE TABLE IF NOT EXISTS sequence_heads (
     value  INTEGER NOT NULL
 );
 """
+
+#: Version 2: who holds a ``started`` effect, and until when (claims between workers).
+CLAIMS = """
+ALTER TABLE effects ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE effects ADD COLUMN lease_until {real} NOT NULL DEFAULT 0
+"""
+
+COLUMNS = "key, kind, subject, step, target, state, attempts, result, created_at, updated_at"
+
+
+class EffectBusy(RuntimeError):
+    """Another live worker holds the claim on a side effect."""
+
+    def __init__(self, key: str, owner: str, subject: str = "", step: str = "") -> None:
+        self.key, self.owner, self.subject, self.step = key, owner, subject, step
+        what = f"step {step!r} of {subject}" if step else subject or key
+        super().__init__(f"{what} is being done by {describe_owner(owner)}; left to it")
 
 
 @dataclass(frozen=True)
@@ -65,36 +92,47 @@ class Effect:
     updated_at: float
 
 
-class Ledger(SqliteStore):
+@dataclass
+class Claims:
+    """Outcome of :meth:`Ledger.claim_many`: keys already done, and keys held by others."""
+
+    done: dict[str, Effect]
+    busy: dict[str, str]  # key → owner
+
+
+class Ledger(StateStore):
     """Durable record of side effects keyed by an idempotency key."""
 
-    schema = SCHEMA
+    component = "ledger"
+    migrations = (SCHEMA, CLAIMS)
 
-    def __init__(self, path: str | Path = ".rossflow/ledger.db") -> None:
-        super().__init__(path)
+    def __init__(
+        self,
+        path: str | Path | None = ".rossflow/ledger.db",
+        *,
+        url: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> None:
+        super().__init__(path, url=url)
+        self.lease_s = lease_s
+        self.owner = current_owner()
 
     # -- effects ---------------------------------------------------------------------------
 
     def get(self, key: str) -> Effect | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT key, kind, subject, step, target, state, attempts, result, created_at,"
-                " updated_at FROM effects WHERE key = ?",
-                (key,),
-            ).fetchone()
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {COLUMNS} FROM effects WHERE key = ?", (key,)).fetchone()
         return _effect(row) if row else None
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Effect]:
         keys = list(keys)
         found: dict[str, Effect] = {}
-        with self._lock:
+        with self._read() as conn:
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for row in self._conn.execute(
-                    "SELECT key, kind, subject, step, target, state, attempts, result, created_at,"
-                    f" updated_at FROM effects WHERE key IN ({marks})",
-                    chunk,
+                for row in conn.execute(
+                    f"SELECT {COLUMNS} FROM effects WHERE key IN ({marks})", chunk
                 ):
                     found[row[0]] = _effect(row)
         return found
@@ -109,24 +147,81 @@ class Ledger(SqliteStore):
         """Record intent for many effects in one transaction; returns those already done."""
         now = time.time()
         done: dict[str, Effect] = {}
+        lease = now + self.lease_s
         with self._tx() as conn:
             for key, kind, subject, step, target in items:
                 row = conn.execute(
-                    "SELECT key, kind, subject, step, target, state, attempts, result, created_at,"
-                    " updated_at FROM effects WHERE key = ?",
-                    (key,),
+                    f"SELECT {COLUMNS} FROM effects WHERE key = ?{self.db.for_update}", (key,)
                 ).fetchone()
                 if row and row[5] == "done":
                     done[key] = _effect(row)
                     continue
                 conn.execute(
                     "INSERT INTO effects(key, kind, subject, step, target, state, attempts,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'started', 1, ?, ?)"
-                    " ON CONFLICT(key) DO UPDATE SET state='started', attempts=attempts+1,"
-                    " updated_at=excluded.updated_at",
-                    (key, kind, subject, step, target, now, now),
+                    " created_at, updated_at, owner, lease_until)"
+                    " VALUES (?, ?, ?, ?, ?, 'started', 1, ?, ?, ?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET state='started',"
+                    " attempts=effects.attempts+1, updated_at=excluded.updated_at,"
+                    " owner=excluded.owner, lease_until=excluded.lease_until",
+                    (key, kind, subject, step, target, now, now, self.owner, lease),
                 )
         return done
+
+    def claim(
+        self, key: str, *, kind: str, subject: str, step: str = "", target: str = ""
+    ) -> Effect | None:
+        """Like :meth:`begin`, but exclusive between workers: returns the effect if it is done
+        (skip it), None if this worker now holds it (do it), and raises :class:`EffectBusy` if
+        another live worker holds it (leave it)."""
+        claims = self.claim_many([(key, kind, subject, step, target)])
+        if key in claims.busy:
+            raise EffectBusy(key, claims.busy[key], subject, step)
+        return claims.done.get(key)
+
+    def claim_many(self, items: Iterable[tuple[str, str, str, str, str]]) -> Claims:
+        """Claim many effects in one transaction.
+
+        A new key is claimed by inserting it (the primary key lets one insert win); an existing
+        one is read under a row lock and taken over only when it is not done and its holder is
+        this process, a process of this machine that is gone, or a lease that expired."""
+        now = time.time()
+        lease = now + self.lease_s
+        claims = Claims({}, {})
+        with self._tx() as conn:
+            for key, kind, subject, step, target in items:
+                inserted = conn.execute(
+                    "INSERT INTO effects(key, kind, subject, step, target, state, attempts,"
+                    " created_at, updated_at, owner, lease_until)"
+                    " VALUES (?, ?, ?, ?, ?, 'started', 1, ?, ?, ?, ?)"
+                    " ON CONFLICT(key) DO NOTHING",
+                    (key, kind, subject, step, target, now, now, self.owner, lease),
+                ).rowcount
+                if inserted == 1:
+                    continue
+                row = conn.execute(
+                    f"SELECT {COLUMNS}, owner, lease_until FROM effects WHERE key = ?"
+                    f"{self.db.for_update}",
+                    (key,),
+                ).fetchone()
+                if row[5] == "done":
+                    claims.done[key] = _effect(row)
+                    continue
+                holder, until = str(row[10] or ""), float(row[11] or 0)
+                if (
+                    row[5] == "started"
+                    and holder
+                    and holder != self.owner
+                    and until > now
+                    and not owner_gone(holder)
+                ):
+                    claims.busy[key] = holder
+                    continue
+                conn.execute(
+                    "UPDATE effects SET state='started', attempts=attempts+1, updated_at=?,"
+                    " owner=?, lease_until=? WHERE key = ?",
+                    (now, self.owner, lease, key),
+                )
+        return claims
 
     def finish(self, key: str, *, ok: bool, result: dict[str, Any] | None = None) -> None:
         self.finish_many([(key, ok, result or {})])
@@ -136,15 +231,16 @@ class Ledger(SqliteStore):
         with self._tx() as conn:
             for key, ok, result in items:
                 conn.execute(
-                    "UPDATE effects SET state = ?, result = ?, updated_at = ? WHERE key = ?",
+                    "UPDATE effects SET state = ?, result = ?, updated_at = ?, lease_until = 0"
+                    " WHERE key = ?",
                     ("done" if ok else "failed", json.dumps(result, default=str), now, key),
                 )
 
     def for_subject(self, kind: str, subject: str) -> list[Effect]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT key, kind, subject, step, target, state, attempts, result, created_at,"
-                " updated_at FROM effects WHERE kind = ? AND subject = ? ORDER BY created_at",
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM effects WHERE kind = ? AND subject = ?"
+                " ORDER BY created_at",
                 (kind, subject),
             ).fetchall()
         return [_effect(r) for r in rows]
@@ -152,10 +248,9 @@ class Ledger(SqliteStore):
     def in_state(self, kind: str, state: str, *, older_than_s: float = 0.0) -> list[Effect]:
         """Effects stuck in ``state`` (e.g. ``started`` after a crash) for ``older_than_s``+."""
         cutoff = time.time() - older_than_s
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT key, kind, subject, step, target, state, attempts, result, created_at,"
-                " updated_at FROM effects WHERE kind = ? AND state = ? AND updated_at <= ?",
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM effects WHERE kind = ? AND state = ? AND updated_at <= ?",
                 (kind, state, cutoff),
             ).fetchall()
         return [_effect(r) for r in rows]
@@ -174,19 +269,21 @@ class Ledger(SqliteStore):
     def sequence(self, name: str, owner: str, *, start: int = 0, step: int = 1) -> int:
         """A sequence number for ``owner``, allocated once: a rerun gets the same number."""
         with self._tx() as conn:
+            # Serialised per sequence (PostgreSQL: an advisory lock; SQLite: BEGIN IMMEDIATE),
+            # so two owners never get one number and one owner never gets two.
+            self.db.advisory_lock(conn, f"rossflow-seq:{name}")
             row = conn.execute(
                 "SELECT value FROM sequences WHERE name = ? AND owner = ?", (name, owner)
             ).fetchone()
             if row:
                 return int(row[0])
-            head = conn.execute(
-                "SELECT value FROM sequence_heads WHERE name = ?", (name,)
-            ).fetchone()
-            value = start if head is None else int(head[0]) + step
-            conn.execute(
-                "INSERT INTO sequence_heads(name, value) VALUES (?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                (name, value),
+            value = int(
+                conn.execute(
+                    "INSERT INTO sequence_heads(name, value) VALUES (?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET value = sequence_heads.value + ?"
+                    " RETURNING value",
+                    (name, start, step),
+                ).scalar_one()
             )
             conn.execute(
                 "INSERT INTO sequences(name, owner, value) VALUES (?, ?, ?)", (name, owner, value)

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.servers",
     "tests.fixtures.prefect",
+    "tests.fixtures.postgres",
 ]

@@ -82,7 +82,15 @@ from .steps import (
 
 log = logging.getLogger("rossflow.export")
 
-Outcome = Literal["exported", "failed_export", "failed_kept_confirmed", "dry_run", "not_moved"]
+Outcome = Literal[
+    "exported",
+    "failed_export",
+    "failed_kept_confirmed",
+    "dry_run",
+    "not_moved",
+    "delivered",  # move_status=False (exported-since mode)
+    "failed",  # move_status=False
+]
 OnFailure = Literal["failed_export", "keep_confirmed"]
 
 # Largest reply body kept in the ledger for reuse on a rerun (larger ones are truncated).
@@ -349,6 +357,7 @@ class ExportEngine:
         file_concurrency: int = 4,
         dry_run: bool = False,
         on_failure: OnFailure = "failed_export",
+        move_status: bool = True,
     ) -> None:
         self.pipeline = pipeline
         self.client = client
@@ -360,6 +369,9 @@ class ExportEngine:
         self.file_concurrency = max(1, file_concurrency)
         self.dry_run = dry_run
         self.on_failure = on_failure
+        # Exported-since mode (rossflow.export.exported_since): Rossum already exported these
+        # annotations; finalize reports outcomes and changes no status in Rossum.
+        self.move_status = move_status
         self.needs_original = pipeline_needs_original(pipeline)
         self._stack = AsyncExitStack()
         self._http: dict[tuple[Any, ...], httpx.AsyncClient] = {}
@@ -890,6 +902,8 @@ class ExportEngine:
         """Move successes to ``exported`` in one call; failures to ``failed_export``."""
         ok = [d for d in batch.docs if d.error is None and not d.dry_stopped]
         failed = [d for d in batch.docs if d.error is not None]
+        if not self.move_status and not self.dry_run:
+            return _reports_without_moves(batch, ok, failed)
         if self.dry_run:
             for doc in batch.docs:
                 if doc.error is None:
@@ -954,6 +968,30 @@ class ExportEngine:
             )
             for d in batch.docs
         ]
+
+
+def _reports_without_moves(
+    batch: Batch, ok: list[DocState], failed: list[DocState]
+) -> list[DocReport]:
+    """``move_status=False``: ``delivered``/``failed`` outcomes; no Rossum call at all."""
+    for doc in ok:
+        doc.outcome, doc.message = "delivered", _summary(doc)
+    for doc in failed:
+        assert doc.error is not None
+        doc.outcome, doc.message = "failed", doc.error.message()
+    return [
+        DocReport(
+            annotation_id=d.annotation_id,
+            queue_id=d.queue_id,
+            file_name=d.file_name,
+            outcome=d.outcome or "failed",
+            target=d.last_target or "",
+            http_status=d.last_http_status,
+            message=d.message,
+            warnings="; ".join(d.warnings),
+        )
+        for d in batch.docs
+    ]
 
 
 def _summary(doc: DocState) -> str:

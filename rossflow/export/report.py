@@ -15,6 +15,10 @@ OUTCOME_NOTES = {
     "failed_kept_confirmed": "failed, left `confirmed` for the next run",
     "not_moved": "delivered, but not moved to `exported` yet (next run retries the move)",
     "dry_run": "rendered only (dry run)",
+    # exported-since mode (status never changed)
+    "delivered": "delivered; Rossum status left as it was (`exported`)",
+    "failed": "failed; status unchanged, the next run retries it",
+    "failed_gave_up": "failed on every attempt; given up (re-export it in Rossum to retry)",
 }
 
 

@@ -5,10 +5,12 @@
   written next to the run's claims on the source (``processing/<run>/.owner.json`` on SFTP,
   ``processing/_runs/<run>.json`` on S3), so any run on any host can tell whether a claim is
   stale.
-* :class:`IngestState` is a small SQLite store kept in the same file as the side-effect
-  :class:`~rossflow.ledger.Ledger`: the runs of this host, and *leases* on dedupe keys
-  (queue + content hash) so that two runs (or two files with identical content in one run) never
-  upload the same content concurrently. A lease whose owner is dead is taken over.
+* :class:`IngestState` is a small store kept next to the side-effect
+  :class:`~rossflow.ledger.Ledger` (the same SQLite file, or the shared PostgreSQL schema when
+  ``ROSSFLOW_STATE_URL`` is set): the runs, and *leases* on dedupe keys (queue + content hash)
+  so that two runs (or two files with identical content in one run), on one host or on several
+  sharing PostgreSQL, never upload the same content concurrently. A lease whose owner is dead
+  is taken over.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,7 +25,8 @@ from typing import Any
 
 import psutil
 
-from rossflow.sqlite import SqliteStore
+from rossflow.state.database import Conn
+from rossflow.state.store import StateStore
 
 HOST = socket.gethostname()
 
@@ -120,31 +122,35 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS ingest_runs (
     run_id       TEXT PRIMARY KEY,
     owner        TEXT NOT NULL,
-    started_at   REAL NOT NULL,
-    heartbeat_at REAL NOT NULL,
-    finished_at  REAL
+    started_at   {real} NOT NULL,
+    heartbeat_at {real} NOT NULL,
+    finished_at  {real}
 );
 CREATE TABLE IF NOT EXISTS ingest_leases (
     key          TEXT PRIMARY KEY,
     token        TEXT NOT NULL,
     run_id       TEXT NOT NULL,
-    acquired_at  REAL NOT NULL
+    acquired_at  {real} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ingest_locks (
     name         TEXT PRIMARY KEY,
     run_id       TEXT NOT NULL,
-    acquired_at  REAL NOT NULL
+    acquired_at  {real} NOT NULL
 );
 """
 
 
-class IngestState(SqliteStore):
-    """Runs and leases of this host (SQLite, WAL; safe for threads and processes)."""
+class IngestState(StateStore):
+    """Runs and leases (SQLite for one host, PostgreSQL for several; safe for threads and
+    processes)."""
 
-    schema = SCHEMA
+    component = "ingest"
+    migrations = (SCHEMA,)
 
-    def __init__(self, path: str | Path, *, stale_after_s: float = 1800.0) -> None:
-        super().__init__(path)
+    def __init__(
+        self, path: str | Path | None, *, stale_after_s: float = 1800.0, url: str | None = None
+    ) -> None:
+        super().__init__(path, url=url)
         self.stale_after_s = stale_after_s
 
     # -- runs ------------------------------------------------------------------------------
@@ -181,8 +187,8 @@ class IngestState(SqliteStore):
 
     def get_run(self, run_id: str) -> tuple[RunOwner | None, bool]:
         """(owner, finished) for a run this host knows of."""
-        with self._lock:
-            row = self._conn.execute(
+        with self._read() as conn:
+            row = conn.execute(
                 "SELECT owner, finished_at FROM ingest_runs WHERE run_id = ?", (run_id,)
             ).fetchone()
         if row is None:
@@ -194,7 +200,7 @@ class IngestState(SqliteStore):
             return False
         owner, finished = self.get_run(run_id)
         if owner is None:
-            # Not a run of this host's state file: nothing says it is alive.
+            # Not a run this state store knows of: nothing says it is alive.
             return True
         return owner_is_stale(
             owner, me=me, stale_after_s=self.stale_after_s, finished_here=finished
@@ -203,22 +209,31 @@ class IngestState(SqliteStore):
     # -- leases on dedupe keys ---------------------------------------------------------------
     def acquire_lease(self, key: str, token: str, run_id: str) -> str | None:
         """Take the lease on ``key`` for ``token``; returns None on success, else the token
-        of the live holder. A holder whose run is dead loses the lease."""
+        of the live holder. A holder whose run is dead loses the lease.
+
+        The insert wins for one caller only (primary key); a held lease is read under a row
+        lock before it is taken over, so two hosts never both take it."""
+        now = time.time()
         with self._tx() as conn:
+            if conn.execute(
+                "INSERT INTO ingest_leases(key, token, run_id, acquired_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(key) DO NOTHING",
+                (key, token, run_id, now),
+            ).rowcount:
+                return None
             row = conn.execute(
-                "SELECT token, run_id FROM ingest_leases WHERE key = ?", (key,)
+                f"SELECT token, run_id FROM ingest_leases WHERE key = ?{self.db.for_update}",
+                (key,),
             ).fetchone()
             if row is not None and row[0] != token and not self._dead_in_tx(conn, row[1], run_id):
                 return str(row[0])
             conn.execute(
-                "INSERT INTO ingest_leases(key, token, run_id, acquired_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET token=excluded.token, run_id=excluded.run_id,"
-                " acquired_at=excluded.acquired_at",
-                (key, token, run_id, time.time()),
+                "UPDATE ingest_leases SET token = ?, run_id = ?, acquired_at = ? WHERE key = ?",
+                (token, run_id, now, key),
             )
             return None
 
-    def _dead_in_tx(self, conn: sqlite3.Connection, holder_run: str, me: str) -> bool:
+    def _dead_in_tx(self, conn: Conn, holder_run: str, me: str) -> bool:
         if holder_run == me:
             return False
         row = conn.execute(
@@ -234,10 +249,8 @@ class IngestState(SqliteStore):
         )
 
     def lease_holder(self, key: str) -> str | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT token FROM ingest_leases WHERE key = ?", (key,)
-            ).fetchone()
+        with self._read() as conn:
+            row = conn.execute("SELECT token FROM ingest_leases WHERE key = ?", (key,)).fetchone()
         return str(row[0]) if row else None
 
     def release_lease(self, key: str, token: str) -> None:
@@ -246,15 +259,22 @@ class IngestState(SqliteStore):
 
     # -- local locks (fallback for S3 stores without conditional writes) --------------------
     def try_lock(self, name: str, run_id: str) -> bool:
+        now = time.time()
         with self._tx() as conn:
-            row = conn.execute("SELECT run_id FROM ingest_locks WHERE name = ?", (name,)).fetchone()
+            if conn.execute(
+                "INSERT INTO ingest_locks(name, run_id, acquired_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO NOTHING",
+                (name, run_id, now),
+            ).rowcount:
+                return True
+            row = conn.execute(
+                f"SELECT run_id FROM ingest_locks WHERE name = ?{self.db.for_update}", (name,)
+            ).fetchone()
             if row is not None and row[0] != run_id and not self._dead_in_tx(conn, row[0], run_id):
                 return False
             conn.execute(
-                "INSERT INTO ingest_locks(name, run_id, acquired_at) VALUES (?, ?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET run_id=excluded.run_id,"
-                " acquired_at=excluded.acquired_at",
-                (name, run_id, time.time()),
+                "UPDATE ingest_locks SET run_id = ?, acquired_at = ? WHERE name = ?",
+                (run_id, now, name),
             )
             return True
 
@@ -263,8 +283,8 @@ class IngestState(SqliteStore):
             conn.execute("DELETE FROM ingest_locks WHERE name = ? AND run_id = ?", (name, run_id))
 
     def stats(self) -> dict[str, Any]:
-        with self._lock:
+        with self._read() as conn:
             return {
-                "runs": self._conn.execute("SELECT COUNT(*) FROM ingest_runs").fetchone()[0],
-                "leases": self._conn.execute("SELECT COUNT(*) FROM ingest_leases").fetchone()[0],
+                "runs": conn.execute("SELECT COUNT(*) FROM ingest_runs").fetchone()[0],
+                "leases": conn.execute("SELECT COUNT(*) FROM ingest_leases").fetchone()[0],
             }

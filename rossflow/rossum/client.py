@@ -871,6 +871,34 @@ class RossumClient:
             if fresh:
                 yield fresh
 
+    async def export_exported_page(
+        self,
+        queue_id: int,
+        *,
+        exported_at_after: str | None = None,
+        page: int = 1,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One page of ``GET …/export?format=json&status=exported&exported_at_after=…
+        &ordering=exported_at`` (read-only; the filters Rossum documents for the export
+        endpoint, ``exported_at_after`` inclusive); returns the results and whether a next
+        page exists. A page past the end (another run's view shifted) is an empty last page."""
+        params: dict[str, Any] = {
+            "format": "json",
+            "status": "exported",
+            "ordering": "exported_at",
+            "page": page,
+            "page_size": max(1, min(page_size, MAX_PAGE_SIZE)),
+        }
+        if exported_at_after is not None:
+            params["exported_at_after"] = exported_at_after
+        try:
+            body = await self.get_json(f"/v1/queues/{queue_id}/export", params)
+        except NotFoundError:
+            return [], False
+        pag = body.get("pagination") or {}
+        return list(body.get("results") or []), bool(pag.get("next"))
+
     async def move_to_status(
         self,
         queue_id: int,

@@ -183,3 +183,43 @@ def test_seed_10000_and_export_pages_fast(sandbox: SandboxServer,
         "status": "confirmed", "to_status": "exported", "page_size": 100}).json()
     assert moved["pagination"]["total"] == 10_000
     assert sandbox_client.get("/v1/queues/1").json()["counts"]["exported"] == 100
+
+
+def test_exported_at_filters_and_ordering_on_the_export_endpoint(
+    sandbox: SandboxServer, sandbox_client: httpx.Client
+) -> None:
+    """The filters Rossum documents for ``GET …/export`` (``exported_at_after``/``_before``, and
+    ``ordering`` like the annotation list), which the exported-since mode reads with."""
+    ids = sandbox.seed(queue=1, count=4, status="confirmed")
+    sandbox.seed(queue=1, count=1, status="to_review")
+    for ann_id in reversed(ids):  # exported in the opposite order of their ids
+        sandbox.force_status(ann_id, "exported")
+        time.sleep(0.005)
+    stamps = {
+        a["id"]: a["exported_at"]
+        for a in sandbox_client.get("/v1/annotations", params={"id": ",".join(map(str, ids))})
+        .json()["results"]
+    }
+    by_time = sorted(ids, key=lambda i: stamps[i])
+    assert by_time == list(reversed(ids))
+
+    def export(**params: str) -> list[int]:
+        resp = sandbox_client.get(
+            "/v1/queues/1/export", params={"format": "json", "status": "exported", **params}
+        )
+        assert resp.status_code == 200, resp.text
+        return [int(r["url"].rsplit("/", 1)[1]) for r in resp.json()["results"]]
+
+    assert export(ordering="exported_at") == by_time
+    assert export(ordering="-exported_at") == ids
+    # exported_at_after is inclusive; the documented "2019-11-14 12:00:00" form works too.
+    third = stamps[by_time[2]]
+    assert export(ordering="exported_at", exported_at_after=third) == by_time[2:]
+    spaced = third.replace("T", " ").rstrip("Z")
+    assert export(ordering="exported_at", exported_at_after=spaced) == by_time[2:]
+    assert export(ordering="exported_at", exported_at_before=third)[:2] == by_time[:2]
+    # with page/page_size, as the exported-since reader pages
+    assert export(ordering="exported_at", exported_at_after=stamps[by_time[1]],
+                  page="2", page_size="2") == by_time[3:]
+    bad = sandbox_client.get("/v1/queues/1/export", params={"exported_at_after": "yesterday"})
+    assert bad.status_code == 400

@@ -144,6 +144,14 @@ def test_compose_postgres_server_workers_webhook() -> None:
     assert webhook["command"][webhook["command"].index("--host") + 1] == "0.0.0.0"
     assert env_of(webhook)["ROSSFLOW_WEBHOOK_SECRET_FILE"].startswith("/run/secrets/")
 
+    # Workers and the webhook keep rossflow's state in PostgreSQL (shared across hosts), with
+    # the password from the secret file, not in the URL.
+    for service in (worker, webhook):
+        env = env_of(service)
+        assert env["ROSSFLOW_STATE_URL"].startswith("postgresql+psycopg://prefect@postgres:5432/")
+        assert env["ROSSFLOW_STATE_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+        assert "postgres_password" in secret_names(service)
+
 
 def test_compose_healthchecks_and_restart() -> None:
     services = load_model([COMPOSE], ("local",))["services"]

@@ -59,6 +59,26 @@ async def test_build_registers_export_per_group_and_ingest_per_source(tmp_path: 
     assert ingest.concurrency_limit is None  # ingest runs may overlap safely
 
 
+async def test_build_registers_exported_since_per_group(tmp_path: Path) -> None:
+    deployments = await build(
+        pipeline="/etc/rossflow/pipeline.yaml",
+        queue_groups=[[1]],
+        exported_since_groups=[[2]],
+        exported_since_interval_s=120,
+        state_dir=str(tmp_path),
+    )
+    since = {d.full_name: d for d in deployments}[
+        "rossflow-export-exported-since/exported-since-queues-2"
+    ]
+    assert since.entrypoint == "flows.export_exported_since.export_exported_since"
+    assert since.parameters["queues"] == [2]
+    assert since.parameters["state_dir"] == str(tmp_path / "export-state")
+    assert not since.triggers and since.concurrency_limit == 1
+    assert [s.schedule.interval for s in since.schedules] == [timedelta(seconds=120)]
+    with pytest.raises(ValueError, match="queue 1 is in two groups"):
+        await build(pipeline="p.yaml", queue_groups=[[1]], exported_since_groups=[[1]])
+
+
 def test_overlapping_queue_groups_are_refused() -> None:
     check_groups([[1, 2], [3]])
     with pytest.raises(ValueError, match="queue 2 is in two groups"):
@@ -73,7 +93,14 @@ def test_trigger_matches_only_confirmed_by_default() -> None:
     }
 
 
-@pytest.mark.parametrize("entrypoint", ["flows.export:export_confirmed", "flows.ingest:ingest"])
+@pytest.mark.parametrize(
+    "entrypoint",
+    [
+        "flows.export:export_confirmed",
+        "flows.ingest:ingest",
+        "flows.export_exported_since:export_exported_since",
+    ],
+)
 def test_every_parameter_has_a_description_for_the_run_form(entrypoint: str) -> None:
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
@@ -108,7 +135,11 @@ def test_prefect_yaml_is_consistent() -> None:
         if flow.name == "rossum-export":
             assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
             assert deployment["triggers"]
-    assert names == {"rossum-export/queues-1", "rossflow-ingest/scheduled"}
+    assert names == {
+        "rossum-export/queues-1",
+        "rossflow-ingest/scheduled",
+        "rossflow-export-exported-since/exported-since-queues-2",
+    }
 
 
 @pytest.mark.slow
@@ -150,6 +181,9 @@ async def test_prefect_deploy_creates_the_deployments(prefect_harness, tmp_path:
     async with get_client() as client:
         export = await client.read_deployment_by_name("rossum-export/queues-1")
         ingest = await client.read_deployment_by_name("rossflow-ingest/scheduled")
+        since = await client.read_deployment_by_name(
+            "rossflow-export-exported-since/exported-since-queues-2"
+        )
         automations = await client.read_resource_related_automations(
             f"prefect.deployment.{export.id}"
         )
@@ -165,8 +199,10 @@ async def test_prefect_deploy_creates_the_deployments(prefect_harness, tmp_path:
             (automation,) = automations
             assert automation.trigger.expect == {"rossum.annotation.status_changed"}
             assert automation.actions[0].schedule_after == timedelta(seconds=3)
+            assert since.parameters["queues"] == [2] and since.schedules
+            assert since.parameter_openapi_schema["properties"]["lookback_s"]["description"]
         finally:
-            for deployment in (export, ingest):
+            for deployment in (export, ingest, since):
                 await client.delete_resource_owned_automations(
                     f"prefect.deployment.{deployment.id}"
                 )
