@@ -44,7 +44,7 @@ from rossflow.delivery.rest import (
     RestTimeouts,
 )
 from rossflow.delivery.sftp import SftpConnectionInfo, SftpSession
-from rossflow.ledger import Ledger
+from rossflow.ledger import EffectBusy, Ledger
 from rossflow.rossum import RossumClient, RossumError, id_from_url
 
 from .config import (
@@ -629,13 +629,16 @@ class ExportEngine:
             )
             doc.dry_stopped = True
             return True
-        done = self.ledger.begin(
-            key,
-            kind="delivery",
-            subject=str(doc.annotation_id),
-            step=step.name,
-            target=endpoint.display_name,
-        )
+        try:
+            done = self.ledger.claim(
+                key,
+                kind="delivery",
+                subject=str(doc.annotation_id),
+                step=step.name,
+                target=endpoint.display_name,
+            )
+        except EffectBusy as exc:
+            return _left_to_holder(doc, exc)
         if done is not None and "record" in done.result:
             record = _record_from_ledger(done.result["record"])
             state = "already_delivered"
@@ -786,13 +789,16 @@ class ExportEngine:
                     {"step": step.name, "target": label + item.path, "state": "dry_run"}
                 )
                 continue
-            done = self.ledger.begin(
-                key,
-                kind="delivery",
-                subject=str(doc.annotation_id),
-                step=step.name,
-                target=label + item.path,
-            )
+            try:
+                done = self.ledger.claim(
+                    key,
+                    kind="delivery",
+                    subject=str(doc.annotation_id),
+                    step=step.name,
+                    target=label + item.path,
+                )
+            except EffectBusy as exc:
+                return _left_to_holder(doc, exc)
             if done is not None:
                 doc.deliveries.append(
                     {
@@ -920,6 +926,14 @@ class ExportEngine:
             )
             for d in batch.docs
         ]
+
+
+def _left_to_holder(doc: DocState, exc: EffectBusy) -> bool:
+    """Another worker (maybe on another host) is delivering this step: this run stops here for
+    the annotation and leaves its status alone (reported ``not_moved``)."""
+    doc.dry_stopped = True  # inactive from here on, neither moved nor failed by this run
+    doc.message = f"{exc}; this run left the annotation as it was"
+    return True
 
 
 def _summary(doc: DocState) -> str:
