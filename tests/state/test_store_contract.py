@@ -218,3 +218,11 @@ def test_bad_configuration_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("ROSSFLOW_STATE_SCHEMA", "Bad-Name")
     with pytest.raises(StateConfigError, match="Bad-Name"):
         Database(tmp_path / "x.db", url="postgresql://u@127.0.0.1:1/db")
+
+
+def test_attempt_generations(state_backend: StateBackend) -> None:
+    a, b = ledger(state_backend), ledger(state_backend)
+    assert a.generations(["1", "2"]) == {"1": 0, "2": 0}
+    assert a.next_generation("1") == 1
+    assert b.next_generation("1") == 2
+    assert b.generations(["1", "2"]) == {"1": 2, "2": 0}
