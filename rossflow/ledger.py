@@ -302,7 +302,7 @@ class Ledger(StateStore):
                     " generation = attempt_generations.generation + 1,"
                     " updated_at = excluded.updated_at RETURNING generation",
                     (subject, time.time()),
-                ).scalar_one()
+                ).fetchone()[0]
             )
 
     # -- sequences -------------------------------------------------------------------------
@@ -324,7 +324,7 @@ class Ledger(StateStore):
                     " ON CONFLICT(name) DO UPDATE SET value = sequence_heads.value + ?"
                     " RETURNING value",
                     (name, start, step),
-                ).scalar_one()
+                ).fetchone()[0]
             )
             conn.execute(
                 "INSERT INTO sequences(name, owner, value) VALUES (?, ?, ?)", (name, owner, value)
