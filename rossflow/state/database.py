@@ -120,6 +120,7 @@ class Database:
                     f"{SCHEMA_ENV}={self.schema!r}: use lower-case letters, digits and _"
                 )
             self.url = describe(parsed)
+            self._parsed = parsed
             self.engine = self._pg_engine(parsed, self.schema)
             self._lock: Any = None
         else:
@@ -133,6 +134,7 @@ class Database:
             self.engine = self._sqlite_engine(self.path)
             self._lock = threading.RLock()
         self._raw: Any = None
+        self._pid = os.getpid()
 
     # -- engines ---------------------------------------------------------------------------
 
@@ -222,6 +224,10 @@ class Database:
             cursor.execute("COMMIT")
 
     def _pg_tx(self) -> Iterator[Conn]:
+        if self._pid != os.getpid():
+            # A forked child never uses its parent's pooled connections (one pool per process).
+            self.engine = self._pg_engine(self._parsed, self.schema)
+            self._pid = os.getpid()
         raw = self.engine.raw_connection()
         try:
             try:

@@ -226,3 +226,20 @@ def test_attempt_generations(state_backend: StateBackend) -> None:
     assert a.next_generation("1") == 1
     assert b.next_generation("1") == 2
     assert b.generations(["1", "2"]) == {"1": 2, "2": 0}
+
+
+def test_a_forked_child_uses_its_own_connections(pg_state: StateBackend) -> None:
+    import os
+
+    store = WatermarkStore(url=pg_state.url)
+    assert store.advance(1, "p", None, "parent")
+    pid = os.fork()
+    if pid == 0:  # the child: its own pool, the parent's connections untouched
+        code = 1
+        try:
+            code = 0 if store.advance(1, "p", "parent", "child") else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.get(1, "p") == "child"  # and the parent's pool still works
