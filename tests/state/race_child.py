@@ -11,6 +11,7 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
 
 
 def main() -> int:
@@ -46,6 +47,12 @@ def main() -> int:
             else:
                 busy.append(key)
     print(json.dumps({"won": won, "busy": busy}), flush=True)
+    # Stay alive until the other host is through its keys too: a holder whose process is gone
+    # loses its leases by design, and the other would rightly take them over.
+    Path(config["finished"]).touch()
+    deadline = time.time() + 120
+    while not Path(config["other_finished"]).exists() and time.time() < deadline:
+        time.sleep(0.05)
     return 0
 
 

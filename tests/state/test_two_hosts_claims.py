@@ -33,6 +33,8 @@ def race(backend: StateBackend, tmp_path: Path, what: str) -> list[dict[str, lis
             "seed": index,
             "start_at": start_at,
             "path": str(home / ".rossflow" / "state.db"),  # ignored: the URL wins
+            "finished": str(tmp_path / f"{name}.finished"),
+            "other_finished": str(tmp_path / f"{'host-b' if index == 0 else 'host-a'}.finished"),
         }
         procs.append(
             subprocess.Popen(
