@@ -113,3 +113,15 @@ async def test_force_resends_exactly_once_with_new_keys(sandbox, erp_server, tmp
     # A plain rerun over the queue sends nothing more.
     assert await export_confirmed(**run) in ({}, {"exported": 0})
     assert erp_server.stats()["requests"] == 3
+
+
+def test_the_run_form_explains_replay_and_force() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.export import export_confirmed
+
+    props = parameter_schema(export_confirmed.fn).properties
+    assert "exported ones only with force" in props["annotation_ids"]["description"]
+    assert "refused" in props["annotation_ids"]["description"]
+    assert "new idempotency keys" in props["force"]["description"]
+    assert props["force"]["default"] is False
