@@ -25,7 +25,6 @@ def main() -> int:
     busy: list[str] = []
     if config["what"] == "delivery":
         ledger = Ledger(config["path"])
-        assert ledger.shared, "expected the shared PostgreSQL store"
         time.sleep(max(0.0, config["start_at"] - time.time()))
         for key in keys:
             try:
