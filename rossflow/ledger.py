@@ -249,8 +249,7 @@ class Ledger(StateStore):
     def for_subject(self, kind: str, subject: str) -> list[Effect]:
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {COLUMNS} FROM effects WHERE kind = ? AND subject = ?"
-                " ORDER BY created_at",
+                f"SELECT {COLUMNS} FROM effects WHERE kind = ? AND subject = ? ORDER BY created_at",
                 (kind, subject),
             ).fetchall()
         return [_effect(r) for r in rows]

@@ -186,6 +186,7 @@ class Database:
                     if "locked" not in str(exc) or attempt == 49:
                         raise
                     time.sleep(0.1)
+
         return engine
 
     # -- use -------------------------------------------------------------------------------
