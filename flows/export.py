@@ -30,6 +30,7 @@ from rossflow.artifacts import ArtifactStore
 from rossflow.export.config import FileStorageStep, PipelineConfig, RestStep, S3Step
 from rossflow.export.engine import DocReport, ExportEngine, Targets
 from rossflow.export.loading import load_pipeline
+from rossflow.export.replay import refusal_reports, select_for_replay
 from rossflow.export.report import markdown_summary, write_report_csv
 from rossflow.ledger import Ledger
 from rossflow.rossum import RossumClient, chunked, id_from_url
@@ -76,6 +77,7 @@ async def export_confirmed(
     on_failure: Literal["failed_export", "keep_confirmed"] = "failed_export",
     dry_run: bool = False,
     annotation_ids: list[int] | None = None,
+    force: bool = False,
     state_dir: str = ".rossflow",
 ) -> dict[str, int]:
     """Export confirmed annotations of the given queues through an export pipeline.
@@ -91,7 +93,12 @@ async def export_confirmed(
         on_failure: failed_export shows a red icon and the message in Rossum;
             keep_confirmed leaves the annotation for the next run.
         dry_run: Render and report, deliver nothing, change no status.
-        annotation_ids: Replay only these annotations (any status but exported/exporting).
+        annotation_ids: Replay only these annotations. confirmed and failed_export ones are
+            sent; exported ones only with force; any other status (to_review, deleted, ...)
+            is refused and reported with its status.
+        force: Re-send the annotations of annotation_ids even if they were delivered or
+            exported: a new attempt generation gives them new idempotency keys, so an ERP
+            that lost the record books it again. Use only when the ERP does not have it.
         state_dir: Where the delivery ledger, stored requests/replies and reports live.
     """
     logger = get_run_logger()
@@ -128,7 +135,14 @@ async def export_confirmed(
             if left_out:
                 logger.info("queue %s: steps of other queues not run: %s", queue_id, left_out)
             reports += await _export_queue(
-                engine, client, queue_id, steps, batch_size, batches_in_flight, annotation_ids
+                engine,
+                client,
+                queue_id,
+                steps,
+                batch_size,
+                batches_in_flight,
+                annotation_ids,
+                force=force,
             )
     ledger.close()
     counts: dict[str, int] = {}
@@ -165,6 +179,8 @@ async def _export_queue(
     batch_size: int,
     batches_in_flight: int,
     annotation_ids: list[int] | None,
+    *,
+    force: bool = False,
 ) -> list[DocReport]:
     logger = get_run_logger()
     if annotation_ids:
@@ -201,11 +217,21 @@ async def _export_queue(
         finally:
             slots.release()
 
+    refusals: list[DocReport] = []
+    missing: list[int] = []
+
     async def pages() -> Any:
         if annotation_ids:
             for chunk in chunked(annotation_ids, batch_size):
                 items = await client.export(queue_id, ids=chunk)
-                yield [i for i in items if i.get("status") not in ("exported", "exporting")]
+                chosen = select_for_replay(
+                    items, chunk, force=force, ledger=None if engine.dry_run else engine.ledger
+                )
+                for refusal in chosen.refused:
+                    logger.warning("queue %s: %s", queue_id, refusal.message)
+                refusals.extend(refusal_reports(chosen.refused, queue_id))
+                missing.extend(chosen.missing)
+                yield chosen.accepted
         else:
             async for page in client.export_pages(queue_id, page_size=batch_size, total=total):
                 yield page
@@ -228,16 +254,9 @@ async def _export_queue(
     errors = [o for o in outcomes if isinstance(o, BaseException)]
     if errors:
         raise errors[0]
-    seen = {r.annotation_id for r in reports}
-    if annotation_ids:
-        missing = [i for i in annotation_ids if i not in seen]
-        if missing:
-            logger.warning(
-                "queue %s: not exportable (unknown, exported or exporting): %s",
-                queue_id,
-                missing[:20],
-            )
-    return reports
+    if missing:
+        logger.warning("queue %s: not in this queue: %s", queue_id, missing[:20])
+    return reports + refusals
 
 
 def _count(reports: list[DocReport]) -> dict[str, int]:

@@ -66,6 +66,16 @@ ALTER TABLE effects ADD COLUMN owner TEXT NOT NULL DEFAULT '';
 ALTER TABLE effects ADD COLUMN lease_until {real} NOT NULL DEFAULT 0
 """
 
+#: Version 3: attempt generations. A forced re-send of an annotation starts a new generation, so
+#: its deliveries get new idempotency keys (an ERP that lost the record books it again).
+GENERATIONS = """
+CREATE TABLE IF NOT EXISTS attempt_generations (
+    subject     TEXT PRIMARY KEY,
+    generation  INTEGER NOT NULL,
+    updated_at  {real} NOT NULL
+)
+"""
+
 COLUMNS = "key, kind, subject, step, target, state, attempts, result, created_at, updated_at"
 
 
@@ -104,7 +114,7 @@ class Ledger(StateStore):
     """Durable record of side effects keyed by an idempotency key."""
 
     component = "ledger"
-    migrations = (SCHEMA, CLAIMS)
+    migrations = (SCHEMA, CLAIMS, GENERATIONS)
 
     def __init__(
         self,
@@ -239,8 +249,7 @@ class Ledger(StateStore):
     def for_subject(self, kind: str, subject: str) -> list[Effect]:
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {COLUMNS} FROM effects WHERE kind = ? AND subject = ?"
-                " ORDER BY created_at",
+                f"SELECT {COLUMNS} FROM effects WHERE kind = ? AND subject = ? ORDER BY created_at",
                 (kind, subject),
             ).fetchall()
         return [_effect(r) for r in rows]
@@ -264,6 +273,37 @@ class Ledger(StateStore):
             conn.execute("DELETE FROM sequences WHERE owner LIKE ?", (f"{subject}:%",))
             return cur.rowcount
 
+    # -- attempt generations ---------------------------------------------------------------
+
+    def generations(self, subjects: Iterable[str]) -> dict[str, int]:
+        """The current attempt generation of each subject (0 unless re-sent by force)."""
+        subjects = list(subjects)
+        found = dict.fromkeys(subjects, 0)
+        with self._read() as conn:
+            for start in range(0, len(subjects), 500):
+                chunk = subjects[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for subject, generation in conn.execute(
+                    "SELECT subject, generation FROM attempt_generations"
+                    f" WHERE subject IN ({marks})",
+                    chunk,
+                ):
+                    found[subject] = int(generation)
+        return found
+
+    def next_generation(self, subject: str) -> int:
+        """Start a new attempt generation for ``subject`` (a forced re-send); returns it."""
+        with self._tx() as conn:
+            return int(
+                conn.execute(
+                    "INSERT INTO attempt_generations(subject, generation, updated_at)"
+                    " VALUES (?, 1, ?) ON CONFLICT(subject) DO UPDATE SET"
+                    " generation = attempt_generations.generation + 1,"
+                    " updated_at = excluded.updated_at RETURNING generation",
+                    (subject, time.time()),
+                ).fetchone()[0]
+            )
+
     # -- sequences -------------------------------------------------------------------------
 
     def sequence(self, name: str, owner: str, *, start: int = 0, step: int = 1) -> int:
@@ -283,7 +323,7 @@ class Ledger(StateStore):
                     " ON CONFLICT(name) DO UPDATE SET value = sequence_heads.value + ?"
                     " RETURNING value",
                     (name, start, step),
-                ).scalar_one()
+                ).fetchone()[0]
             )
             conn.execute(
                 "INSERT INTO sequences(name, owner, value) VALUES (?, ?, ?)", (name, owner, value)

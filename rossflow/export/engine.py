@@ -44,7 +44,7 @@ from rossflow.delivery.rest import (
     RestTimeouts,
 )
 from rossflow.delivery.sftp import SftpConnectionInfo, SftpSession
-from rossflow.ledger import Ledger
+from rossflow.ledger import EffectBusy, Ledger
 from rossflow.rossum import RossumClient, RossumError, id_from_url
 
 from . import code_step
@@ -155,6 +155,7 @@ class DocState:
     last_http_status: int | None = None
     outcome: Outcome | None = None
     message: str = ""
+    generation: int = 0  # attempt generation: > 0 after a forced re-send (new idempotency keys)
 
     @property
     def active(self) -> bool:
@@ -442,6 +443,9 @@ class ExportEngine:
                     status=str(item.get("status") or "confirmed"),
                 )
             )
+        generations = self.ledger.generations(str(d.annotation_id) for d in docs)
+        for doc in docs:
+            doc.generation = generations.get(str(doc.annotation_id), 0)
         return Batch(queue_id, docs)
 
     async def _download_originals(self, items: Sequence[Mapping[str, Any]]) -> dict[int, bytes]:
@@ -664,9 +668,10 @@ class ExportEngine:
         endpoint = self._endpoint(step, req)
         doc.last_target = endpoint.display_name
         payload = _request_bytes(req)
-        key = rest_delivery.idempotency_key(
-            doc.annotation_id, f"{step.name}|{endpoint.url}", payload
-        )
+        scope = f"{step.name}|{endpoint.url}"
+        if doc.generation:
+            scope += f"|attempt {doc.generation}"
+        key = rest_delivery.idempotency_key(doc.annotation_id, scope, payload)
         secret_values = _secret_values(secrets)
         await self._store(doc, step.name, [("request.body", _preview(req))], secret_values)
         if self.dry_run:
@@ -675,13 +680,16 @@ class ExportEngine:
             )
             doc.dry_stopped = True
             return True
-        done = self.ledger.begin(
-            key,
-            kind="delivery",
-            subject=str(doc.annotation_id),
-            step=step.name,
-            target=endpoint.display_name,
-        )
+        try:
+            done = self.ledger.claim(
+                key,
+                kind="delivery",
+                subject=str(doc.annotation_id),
+                step=step.name,
+                target=endpoint.display_name,
+            )
+        except EffectBusy as exc:
+            return _left_to_holder(doc, exc)
         if done is not None and "record" in done.result:
             record = _record_from_ledger(done.result["record"])
             state = "already_delivered"
@@ -827,18 +835,23 @@ class ExportEngine:
         for item in planned:
             data = item.read()
             key = _sha(f"{doc.annotation_id}\n{step.name}\n{item.path}\n{_sha(data)}".encode())
+            if doc.generation:
+                key = _sha(f"{key}\nattempt {doc.generation}".encode())
             if self.dry_run:
                 doc.deliveries.append(
                     {"step": step.name, "target": label + item.path, "state": "dry_run"}
                 )
                 continue
-            done = self.ledger.begin(
-                key,
-                kind="delivery",
-                subject=str(doc.annotation_id),
-                step=step.name,
-                target=label + item.path,
-            )
+            try:
+                done = self.ledger.claim(
+                    key,
+                    kind="delivery",
+                    subject=str(doc.annotation_id),
+                    step=step.name,
+                    target=label + item.path,
+                )
+            except EffectBusy as exc:
+                return _left_to_holder(doc, exc)
             if done is not None:
                 doc.deliveries.append(
                     {
@@ -912,17 +925,19 @@ class ExportEngine:
             try:
                 # A replayed annotation (e.g. failed_export) goes back to confirmed first, so
                 # that the move below is the same batched export call as for any other.
+                # A forced re-send of an exported annotation stays exported: no move.
                 await gather_limited(
                     (
                         self.client.set_status(d.annotation_id, "confirmed")
                         for d in ok
-                        if d.status != "confirmed"
+                        if d.status not in ("confirmed", "exported")
                     ),
                     self.concurrency,
                 )
                 moved = await self.client.move_to_status(
-                    batch.queue_id, [d.annotation_id for d in ok]
+                    batch.queue_id, [d.annotation_id for d in ok if d.status != "exported"]
                 )
+                moved.update({d.annotation_id: "exported" for d in ok if d.status == "exported"})
             except RossumError as exc:
                 moved = {}
                 for doc in ok:
@@ -992,6 +1007,14 @@ def _reports_without_moves(
         )
         for d in batch.docs
     ]
+
+
+def _left_to_holder(doc: DocState, exc: EffectBusy) -> bool:
+    """Another worker (maybe on another host) is delivering this step: this run stops here for
+    the annotation and leaves its status alone (reported ``not_moved``)."""
+    doc.dry_stopped = True  # inactive from here on, neither moved nor failed by this run
+    doc.message = f"{exc}; this run left the annotation as it was"
+    return True
 
 
 def _summary(doc: DocState) -> str:

@@ -233,5 +233,6 @@ def run_report_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     columns = RUN_REPORT_COLUMNS + extras
     frame = pd.DataFrame([{c: d.get(c) for c in columns} for d in expanded], columns=columns)
     if "http_status" in frame:
-        frame["http_status"] = frame["http_status"].astype("Int64")
+        # Rows without an HTTP answer carry "" or None: empty, not an error.
+        frame["http_status"] = pd.to_numeric(frame["http_status"], errors="coerce").astype("Int64")
     return frame

@@ -118,7 +118,10 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dedup-db",
         default=os.environ.get("ROSSFLOW_WEBHOOK_DEDUP_DB", ".rossflow/webhook-dedup.db"),
-        help="SQLite file remembering request ids (':memory:' for none on disk)",
+        help=(
+            "SQLite file remembering request ids (':memory:' for none on disk); with"
+            " ROSSFLOW_STATE_URL set they are kept in that shared database instead"
+        ),
     )
     parser.add_argument(
         "--dedup-ttl", type=float, default=86_400.0, help="seconds to remember a request id"

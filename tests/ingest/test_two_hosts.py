@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -46,6 +47,7 @@ def test_same_file_on_two_hosts_is_uploaded_once(
         [{"method": "POST", "path": "/api/v1/uploads", "kind": "latency", "latency_s": 0.3}]
     )
     procs = []
+    start_at = time.time() + 12  # both children past their imports: the runs start together
     for host in hosts:
         home = tmp_path / host
         home.mkdir()
@@ -74,6 +76,7 @@ def test_same_file_on_two_hosts_is_uploaded_once(
                 "task_deadline_s": 60,
             },
             "rules": [{"pattern": "*.pdf", "queue_id": 1}],
+            "start_at": start_at,
         }
         env = {
             **os.environ,

@@ -60,7 +60,7 @@ def test_sqlite_file_from_before_versioning_is_upgraded(tmp_path: Path) -> None:
 
     ledger = Ledger(path)
     state = IngestState(path)
-    assert versions(ledger.db) == {"ledger": 2, "ingest": 1}
+    assert versions(ledger.db) == {"ledger": 3, "ingest": 1}
     done = ledger.get("done-key")
     assert done is not None and done.state == "done" and done.result == {"document": 5}
     # A step left 'started' by the old version has no holder: a new claim takes it over.
@@ -69,7 +69,7 @@ def test_sqlite_file_from_before_versioning_is_upgraded(tmp_path: Path) -> None:
     assert ledger.sequence("files", "new-owner") == 42
     assert state.stats() == {"runs": 0, "leases": 0}
     # Opening again changes nothing.
-    assert migrate(ledger.db, "ledger", Ledger.migrations) == 2
+    assert migrate(ledger.db, "ledger", Ledger.migrations) == 3
 
 
 def test_postgresql_schema_upgraded_from_version_1(pg_state: StateBackend) -> None:
@@ -84,7 +84,7 @@ def test_postgresql_schema_upgraded_from_version_1(pg_state: StateBackend) -> No
         )
     assert versions(db) == {"ledger": 1}
     ledger = Ledger(url=pg_state.url)
-    assert versions(db) == {"ledger": 2}
+    assert versions(db) == {"ledger": 3}
     assert ledger.claim("k", kind="delivery", subject="3") is None
     effect = ledger.get("k")
     assert effect is not None and effect.attempts == 2 and effect.created_at == now

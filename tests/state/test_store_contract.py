@@ -218,3 +218,28 @@ def test_bad_configuration_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("ROSSFLOW_STATE_SCHEMA", "Bad-Name")
     with pytest.raises(StateConfigError, match="Bad-Name"):
         Database(tmp_path / "x.db", url="postgresql://u@127.0.0.1:1/db")
+
+
+def test_attempt_generations(state_backend: StateBackend) -> None:
+    a, b = ledger(state_backend), ledger(state_backend)
+    assert a.generations(["1", "2"]) == {"1": 0, "2": 0}
+    assert a.next_generation("1") == 1
+    assert b.next_generation("1") == 2
+    assert b.generations(["1", "2"]) == {"1": 2, "2": 0}
+
+
+def test_a_forked_child_uses_its_own_connections(pg_state: StateBackend) -> None:
+    import os
+
+    store = WatermarkStore(url=pg_state.url)
+    assert store.advance(1, "p", None, "parent")
+    pid = os.fork()
+    if pid == 0:  # the child: its own pool, the parent's connections untouched
+        code = 1
+        try:
+            code = 0 if store.advance(1, "p", "parent", "child") else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.get(1, "p") == "child"  # and the parent's pool still works

@@ -1,5 +1,6 @@
 """Two processes with their own home folders and state directories (two "hosts") sharing one
-PostgreSQL: every delivery step and every ingest lease is won by exactly one of them."""
+PostgreSQL: every delivery step and every ingest lease is won by exactly one of them. The same
+holds for two processes of one host sharing the SQLite file (the default)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rossflow.state import URL_ENV
 from tests.fixtures.postgres import StateBackend
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,13 +28,19 @@ def race(backend: StateBackend, tmp_path: Path, what: str) -> list[dict[str, lis
         home = tmp_path / name
         home.mkdir()
         env = {**os.environ, **backend.env, "HOME": str(home), "PYTHONPATH": str(ROOT)}
+        if backend.url is None:
+            env.pop(URL_ENV, None)
+        # PostgreSQL: each host has its own (unused) state directory; SQLite: one shared file.
+        path = home / ".rossflow" / "state.db" if backend.url else tmp_path / "shared.db"
         config = {
             "what": what,
             "name": name,
             "keys": keys,
             "seed": index,
             "start_at": start_at,
-            "path": str(home / ".rossflow" / "state.db"),  # ignored: the URL wins
+            "path": str(path),
+            "finished": str(tmp_path / f"{name}.finished"),
+            "other_finished": str(tmp_path / f"{'host-b' if index == 0 else 'host-a'}.finished"),
         }
         procs.append(
             subprocess.Popen(
@@ -49,8 +57,8 @@ def race(backend: StateBackend, tmp_path: Path, what: str) -> list[dict[str, lis
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         results.append(json.loads(out.strip().splitlines()[-1]))
-    # Neither host wrote a SQLite file of its own.
-    assert not list(tmp_path.glob("host-*/.rossflow/*.db"))
+    if backend.url:  # neither host wrote a SQLite file of its own
+        assert not list(tmp_path.glob("host-*/.rossflow/*.db"))
     return results
 
 
@@ -58,7 +66,16 @@ def race(backend: StateBackend, tmp_path: Path, what: str) -> list[dict[str, lis
 def test_two_hosts_claim_each_key_exactly_once(
     pg_state: StateBackend, tmp_path: Path, what: str
 ) -> None:
-    a, b = race(pg_state, tmp_path, what)
+    check(race(pg_state, tmp_path, what), what)
+
+
+@pytest.mark.parametrize("what", ["delivery", "ingest"])
+def test_two_processes_of_one_host_on_sqlite(tmp_path: Path, what: str) -> None:
+    check(race(StateBackend("sqlite", tmp_path), tmp_path, what), what)
+
+
+def check(results: list[dict[str, list[str]]], what: str) -> None:
+    a, b = results
     won_a, won_b = set(a["won"]), set(b["won"])
     assert not won_a & won_b, f"claimed twice: {sorted(won_a & won_b)[:10]}"
     assert won_a | won_b == {f"{what}-{i}" for i in range(N)}
