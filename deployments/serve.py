@@ -202,8 +202,10 @@ async def build(
     export_interval_s: float | None = 600.0,
     ingest_interval_s: float = 300.0,
     coalesce_s: float | None = DEFAULT_COALESCE_S,
+    event_queue_groups: Sequence[Sequence[int]] = (),
+    jobs_db: str | None = None,
 ) -> list[Any]:
-    check_groups(queue_groups)
+    check_groups([*queue_groups, *event_queue_groups])
     deployments = [
         await export_deployment(
             group,
@@ -216,6 +218,20 @@ async def build(
         )
         for group in queue_groups
     ]
+    if event_queue_groups:
+        from deployments.export_event import export_event_deployment
+
+        for group in event_queue_groups:
+            deployments.append(
+                await export_event_deployment(
+                    group,
+                    pipeline,
+                    jobs_db=jobs_db or str(Path(state_dir) / "export-jobs.db"),
+                    state_dir=str(Path(state_dir) / "export-state"),
+                    rossum=rossum,
+                    secrets_block=secrets_block,
+                )
+            )
     if ingest_sources:
         deployments.append(
             await ingest_deployment(
@@ -309,6 +325,20 @@ def run(argv: list[str] | None = None) -> int:
         "(default $ROSSFLOW_QUEUES, groups separated by ';')",
     )
     parser.add_argument(
+        "--event-queues",
+        type=_queues,
+        action="append",
+        default=[],
+        help="comma-separated queue ids exported through the export-event mode (Rossum calls "
+        "the annotation_content.export hook, rossflow webhook answers); repeat for more groups",
+    )
+    parser.add_argument(
+        "--jobs-db",
+        default=env("ROSSFLOW_WEBHOOK_JOBS_DB"),
+        help="export job store shared with rossflow webhook --jobs-db "
+        "(default <state-dir>/export-jobs.db)",
+    )
+    parser.add_argument(
         "--ingest-source",
         action="append",
         default=None,
@@ -345,8 +375,8 @@ def run(argv: list[str] | None = None) -> int:
     sources = args.ingest_source
     if sources is None and env("ROSSFLOW_INGEST_SOURCES"):
         sources = [s.strip() for s in env("ROSSFLOW_INGEST_SOURCES", "").split(",") if s.strip()]
-    if not args.pipeline or not groups:
-        parser.error("--pipeline and at least one --queues group are required")
+    if not args.pipeline or not (groups or args.event_queues):
+        parser.error("--pipeline and at least one --queues or --event-queues group are required")
     if not Path(args.pipeline).is_file():
         parser.error(f"--pipeline {args.pipeline}: no such file")
     # the runs start elsewhere (the runner's or a worker's directory): pass an absolute path
@@ -355,7 +385,9 @@ def run(argv: list[str] | None = None) -> int:
     async def main() -> None:
         deployments = await build(
             pipeline=pipeline,
-            queue_groups=groups,
+            queue_groups=groups or [],
+            event_queue_groups=args.event_queues,
+            jobs_db=str(Path(args.jobs_db).resolve()) if args.jobs_db else None,
             ingest_sources=sources or [],
             rossum=args.rossum,
             state_dir=str(Path(args.state_dir).resolve()),
