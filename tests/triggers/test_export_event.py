@@ -88,6 +88,19 @@ class Rig:
         self.port = self.server.port
         return self.server
 
+    def forget(self) -> None:
+        """Drop the jobs and ledger entries of earlier tests."""
+        import sqlite3
+
+        with sqlite3.connect(self.jobs_db) as db:
+            db.execute("DELETE FROM export_jobs")
+            db.execute("DELETE FROM export_job_calls")
+        ledger = Path(self.state_dir) / "ledger.db"
+        if ledger.exists():
+            with sqlite3.connect(ledger) as db:
+                for table in ("effects", "sequences", "sequence_heads"):
+                    db.execute(f"DELETE FROM {table}")
+
     def stop_receiver(self) -> None:
         assert self.server is not None
         self.server.stop()
@@ -124,6 +137,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 def setup_hook(sandbox: SandboxServer, rig: Rig) -> str:
     """The export hook Rossum would have, pointing at the receiver; returns an API token."""
     assert rig.server is not None
+    rig.forget()  # the sandbox is reset per test: annotation ids (and contents) repeat
     sandbox.settings(hook_poll_interval_s=0.2)
     rig.erp.reset()
     rig.erp.configure({})
