@@ -202,6 +202,8 @@ async def _run(
             jobs_db,
             "--poll",
             str(args.poll),
+            "--export-interval",
+            "0",
             "--state-dir",
             str(workdir / "state"),
         ],

@@ -230,6 +230,7 @@ async def build(
                     state_dir=str(Path(state_dir) / "export-state"),
                     rossum=rossum,
                     secrets_block=secrets_block,
+                    interval_s=export_interval_s,
                 )
             )
     if ingest_sources:
