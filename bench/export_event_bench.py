@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap", type=float, default=6.0, help="one-by-one: seconds between")
     parser.add_argument("--poll", type=float, default=1.0, help="runner poll interval, seconds")
     parser.add_argument(
+        "--coalesce", type=float, default=1.0, help="trigger window of the deployment, seconds"
+    )
+    parser.add_argument(
         "--rossum-poll", type=float, default=1.0, help="sandbox polling interval of 202 replies"
     )
     parser.add_argument(
@@ -204,6 +207,8 @@ async def _run(
             str(args.poll),
             "--export-interval",
             "0",
+            "--event-coalesce",
+            str(args.coalesce),
             "--state-dir",
             str(workdir / "state"),
         ],
@@ -237,7 +242,8 @@ async def _run(
         log.close()
     print()
     print(
-        f"export-event mode: confirm → ERP → exported; runner poll {args.poll:g}s, sandbox "
+        f"export-event mode: confirm → ERP → exported; trigger window {args.coalesce:g}s, "
+        f"runner poll {args.poll:g}s, sandbox "
         f"(Rossum) polling every {args.rossum_poll:g}s; load average after "
         f"{load_average():.2f} on {os.cpu_count()} CPUs"
     )

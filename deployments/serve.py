@@ -204,6 +204,7 @@ async def build(
     coalesce_s: float | None = DEFAULT_COALESCE_S,
     event_queue_groups: Sequence[Sequence[int]] = (),
     jobs_db: str | None = None,
+    event_coalesce_s: float = 1.0,
 ) -> list[Any]:
     check_groups([*queue_groups, *event_queue_groups])
     deployments = [
@@ -231,6 +232,7 @@ async def build(
                     rossum=rossum,
                     secrets_block=secrets_block,
                     interval_s=export_interval_s,
+                    coalesce_s=event_coalesce_s,
                 )
             )
     if ingest_sources:
@@ -340,6 +342,12 @@ def run(argv: list[str] | None = None) -> int:
         "(default <state-dir>/export-jobs.db)",
     )
     parser.add_argument(
+        "--event-coalesce",
+        type=float,
+        default=1.0,
+        help="trigger window of the export-event deployments in seconds (default 1)",
+    )
+    parser.add_argument(
         "--ingest-source",
         action="append",
         default=None,
@@ -388,6 +396,7 @@ def run(argv: list[str] | None = None) -> int:
             pipeline=pipeline,
             queue_groups=groups or [],
             event_queue_groups=args.event_queues,
+            event_coalesce_s=args.event_coalesce,
             jobs_db=str(Path(args.jobs_db).resolve()) if args.jobs_db else None,
             ingest_sources=sources or [],
             rossum=args.rossum,
