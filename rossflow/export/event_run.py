@@ -13,7 +13,9 @@ nothing from Rossum and writes nothing to it:
   deliveries and written-back values become ``info`` messages, warnings ``warning`` ones.
 
 The delivery ledger makes a rerun of the same job (Rossum's retry, ``PATCH exporting``, a worker
-that died) reuse every delivery that succeeded; a forced job forgets them first.
+that died) reuse every delivery that succeeded; a forced job (hook ``settings.force_resend``,
+annotation metadata ``rossflow_force_resend``) or a retry under a pipeline with
+``defaults.resend_on_retry`` forgets them first.
 """
 
 from __future__ import annotations
@@ -96,7 +98,10 @@ def job_batch(engine: ExportEngine, jobs: Sequence[Job], originals: Mapping[int,
 
 def _info(doc: DocState, written: Mapping[str, Any]) -> list[dict[str, Any]]:
     messages = []
+    failed_step = doc.error.step if doc.error is not None else None
     for d in doc.deliveries:
+        if d["step"] == failed_step:
+            continue  # the error message says what happened there
         status = f" answered HTTP {d['http_status']}" if d.get("http_status") is not None else ""
         if d["state"] == "already_delivered":
             text = f"{d['step']}: {d['target']} already delivered earlier; not sent again"
@@ -127,8 +132,9 @@ def job_outcomes(engine: EventExportEngine, batch: Batch, jobs: Sequence[Job]) -
 
 async def run_jobs(engine: EventExportEngine, jobs: Sequence[Job]) -> list[JobOutcome]:
     """Run the whole pipeline for these jobs; one document's failure never stops the others."""
+    resend = engine.pipeline.defaults.resend_on_retry
     for job in jobs:
-        if job.force:
+        if job.force or (resend and job.generation > 1):
             engine.ledger.forget("delivery", str(job.annotation_id))
             engine.ledger.forget("plan", str(job.annotation_id))
     originals: dict[int, bytes] = {}

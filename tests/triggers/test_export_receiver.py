@@ -229,3 +229,84 @@ def test_without_job_store_the_call_gets_an_actionable_error(tmp_path: Path) -> 
         resp = post(server.hook_url, export_payload())
         assert resp.status_code == 200
         assert "--jobs-db" in resp.json()["messages"][0]["content"]
+
+
+# ------------------------------------------------------------------ the run (no Prefect)
+
+RUN_PIPELINE = """
+name: two-calls
+defaults: {retries: 0}
+steps:
+  - name: render
+    type: template
+    outputs:
+      - {key: doc, format: json, template: '{"number": {{ field.invoice_id | tojson }}}'}
+  - name: invoice
+    type: rest
+    after: [render]
+    export_reference_key: doc
+    request: {url: "ERP/api/invoices", method: POST, content: "#{file_content}"}
+  - name: payment
+    type: rest
+    after: [invoice]
+    request: {url: "ERP/api/payments", method: POST, content: {"n": 1}}
+"""
+
+
+async def _run_once(tmp_path: Path, pipeline: str, erp_url: str) -> list[Any]:
+    from rossflow.artifacts import ArtifactStore
+    from rossflow.export.event_run import EventExportEngine, run_jobs
+    from rossflow.export.loading import load_pipeline
+    from rossflow.ledger import Ledger
+
+    store = JobStore(tmp_path / "jobs.db")
+    claimed = store.claim([2], lease_s=30)
+    ledger = Ledger(tmp_path / "ledger.db")
+    async with EventExportEngine(
+        load_pipeline(pipeline.replace("ERP", erp_url)),
+        None,  # type: ignore[arg-type]
+        ledger=ledger,
+        artifacts=ArtifactStore(tmp_path / "artifacts"),
+    ) as engine:
+        outcomes = await run_jobs(engine, claimed)
+    for o in outcomes:
+        store.finish(o.job_id, o.generation, ok=o.ok, result=o.result)
+    ledger.close()
+    store.close()
+    return outcomes
+
+
+@pytest.mark.parametrize("force", ["none", "call", "pipeline"])
+async def test_retry_reuses_succeeded_steps_unless_forced(
+    tmp_path: Path, erp_server: Any, force: str
+) -> None:
+    import asyncio
+
+    pipeline = RUN_PIPELINE
+    if force == "pipeline":
+        pipeline = pipeline.replace(
+            "defaults: {retries: 0}", "defaults: {retries: 0, resend_on_retry: true}"
+        )
+    erp_server.configure({"routes": {"POST /api/payments": {"status": 503, "body": "down"}}})
+    with receiver(tmp_path) as (server, _):
+        payload = export_payload()
+        location = (await asyncio.to_thread(post, server.hook_url, payload)).headers["location"]
+        (failed,) = await _run_once(tmp_path, pipeline, erp_server.url)
+        assert not failed.ok
+        error = failed.result["messages"][0]
+        assert error["type"] == "error" and "[payment]" in error["content"]
+        assert "503" in error["content"]
+        assert len(failed.result["messages"]) == 2
+        assert "invoice: delivered to" in failed.result["messages"][1]["content"]
+        erp_server.configure({})
+        retry = {**copy.deepcopy(payload), "request_id": str(uuid.uuid4())}
+        if force == "call":
+            retry["settings"] = {"force_resend": True}
+        assert (await asyncio.to_thread(post, server.hook_url, retry)).status_code == 202
+        (done,) = await _run_once(tmp_path, pipeline, erp_server.url)
+        assert done.ok
+        assert (await asyncio.to_thread(httpx.get, location)).status_code == 201
+    invoices = [r for r in erp_server.received() if r["path"] == "/api/invoices"]
+    assert len(invoices) == (1 if force == "none" else 2)
+    texts = [m["content"] for m in done.result["messages"]]
+    assert any("already delivered" in t for t in texts) == (force == "none")
