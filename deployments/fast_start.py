@@ -29,7 +29,7 @@ from uuid import UUID
 log = logging.getLogger("rossflow.serve")
 
 #: Imported once by the fork server; every flow run starts with them loaded.
-PRELOAD = ("prefect.flow_engine", "flows.export", "flows.ingest")
+PRELOAD = ("prefect.flow_engine", "flows.export", "flows.export_event", "flows.ingest")
 
 _lock = threading.Lock()
 _context: multiprocessing.context.BaseContext | None = None

@@ -244,8 +244,11 @@ async def build(
     coalesce_s: float | None = DEFAULT_COALESCE_S,
     exported_since_groups: Sequence[Sequence[int]] = (),
     exported_since_interval_s: float = 300.0,
+    event_queue_groups: Sequence[Sequence[int]] = (),
+    jobs_db: str | None = None,
+    event_coalesce_s: float = 1.0,
 ) -> list[Any]:
-    check_groups([*queue_groups, *exported_since_groups])
+    check_groups([*queue_groups, *exported_since_groups, *event_queue_groups])
     deployments = [
         await export_deployment(
             group,
@@ -269,6 +272,22 @@ async def build(
                 interval_s=exported_since_interval_s,
             )
         )
+    if event_queue_groups:
+        from deployments.export_event import export_event_deployment
+
+        for group in event_queue_groups:
+            deployments.append(
+                await export_event_deployment(
+                    group,
+                    pipeline,
+                    jobs_db=jobs_db or str(Path(state_dir) / "export-jobs.db"),
+                    state_dir=str(Path(state_dir) / "export-state"),
+                    rossum=rossum,
+                    secrets_block=secrets_block,
+                    interval_s=export_interval_s,
+                    coalesce_s=event_coalesce_s,
+                )
+            )
     if ingest_sources:
         deployments.append(
             await ingest_deployment(
@@ -370,6 +389,25 @@ def run(argv: list[str] | None = None) -> int:
         "export hook): deliver what it exported, every --exported-since-interval s; repeatable",
     )
     parser.add_argument("--exported-since-interval", type=float, default=300.0, help="seconds")
+        "--event-queues",
+        type=_queues,
+        action="append",
+        default=[],
+        help="comma-separated queue ids exported through the export-event mode (Rossum calls "
+        "the annotation_content.export hook, rossflow webhook answers); repeat for more groups",
+    )
+    parser.add_argument(
+        "--jobs-db",
+        default=env("ROSSFLOW_WEBHOOK_JOBS_DB"),
+        help="export job store shared with rossflow webhook --jobs-db "
+        "(default <state-dir>/export-jobs.db)",
+    )
+    parser.add_argument(
+        "--event-coalesce",
+        type=float,
+        default=1.0,
+        help="trigger window of the export-event deployments in seconds (default 1)",
+    )
     parser.add_argument(
         "--ingest-source",
         action="append",
@@ -407,8 +445,11 @@ def run(argv: list[str] | None = None) -> int:
     sources = args.ingest_source
     if sources is None and env("ROSSFLOW_INGEST_SOURCES"):
         sources = [s.strip() for s in env("ROSSFLOW_INGEST_SOURCES", "").split(",") if s.strip()]
-    if not args.pipeline or not (groups or args.exported_since):
-        parser.error("--pipeline and at least one --queues or --exported-since group are required")
+    if not args.pipeline or not (groups or args.exported_since or args.event_queues):
+        parser.error(
+            "--pipeline and at least one --queues, --exported-since or --event-queues group "
+            "are required"
+        )
     if not Path(args.pipeline).is_file():
         parser.error(f"--pipeline {args.pipeline}: no such file")
     # the runs start elsewhere (the runner's or a worker's directory): pass an absolute path
@@ -420,6 +461,9 @@ def run(argv: list[str] | None = None) -> int:
             queue_groups=groups or [],
             exported_since_groups=args.exported_since,
             exported_since_interval_s=args.exported_since_interval,
+            event_queue_groups=args.event_queues,
+            event_coalesce_s=args.event_coalesce,
+            jobs_db=str(Path(args.jobs_db).resolve()) if args.jobs_db else None,
             ingest_sources=sources or [],
             rossum=args.rossum,
             state_dir=str(Path(args.state_dir).resolve()),

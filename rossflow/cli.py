@@ -34,6 +34,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "run",
         "receive Rossum hook calls and emit Prefect events (triggers the export)",
     ),
+    "export-hook": (
+        "rossflow.webhook.register",
+        "run",
+        "register the annotation_content.export hook in Rossum for a queue (export-event mode)",
+    ),
     "sandbox": ("sandbox.cli", "run", "run the local Rossum-compatible API server"),
     "erp": ("rossflow.localstack.erp", "run", "run the local ERP stand-in (HTTP)"),
     "sftp": ("rossflow.localstack.sftp_server", "run", "run a local SFTP server"),

@@ -40,6 +40,9 @@ from pydantic import SecretStr
 
 PIPELINE = (Path(__file__).parent / "localstack" / "demo_pipeline.yaml").read_text()
 HOOK_NAME = "rossflow-demo-webhook"
+#: Queue 2 has no confirmed state: Rossum itself calls the export hook (export-event mode).
+EVENT_QUEUE = 2
+EVENT_JOBS_DB = "export-jobs.db"
 DEFAULT_COALESCE_S = 2.0
 
 # The demo's state is one unit: the sandbox database (the "Rossum" side), the ingest ledger, the
@@ -341,6 +344,8 @@ def _start_receiver(stack: ExitStack, home: Path, args: argparse.Namespace) -> A
         secrets=[secrets.token_urlsafe(24)],  # a new hook secret every start
         prefect_api_url=os.environ["PREFECT_API_URL"],
         dedup_path=str(home / "webhook-dedup.db"),
+        jobs_path=str(home / EVENT_JOBS_DB),  # queue 2: export-event mode
+        export_queues=[EVENT_QUEUE],
     )
     receiver = stack.enter_context(WebhookServer(settings, port=args.webhook_port))
     return receiver
@@ -382,6 +387,7 @@ def _start_runner(home: Path, args: argparse.Namespace) -> subprocess.Popen[byte
         str(home / "pipeline.yaml"),
         "--queues",
         "1",
+        *("--event-queues", str(EVENT_QUEUE), "--jobs-db", str(home / EVENT_JOBS_DB)),
         "--state-dir",
         str(home),
         "--poll",
@@ -533,6 +539,11 @@ async def _main(args: argparse.Namespace, home: Path, info: dict[str, Any]) -> i
         receiver = _start_receiver(stack, home, args)
         hook_id = _register_hook(info["sandbox"], receiver)
         print(f"  Webhook receiver {receiver.hook_url}  (sandbox hook #{hook_id}, signed)")
+        event_hook = await _register_export_hook(info["sandbox"], receiver)
+        print(
+            f"  Export hook      queue {EVENT_QUEUE} (no confirmed state): sandbox hook "
+            f"#{event_hook}, annotation_content.export → {receiver.hook_url}"
+        )
         await _save_blocks(home, info)
         runner = await asyncio.to_thread(_start_runner, home, args)
         try:
@@ -607,7 +618,8 @@ async def _pipeline(
         if args.once:
             if pending == 0 and done + failed >= uploaded:
                 await progress.show(counts, receiver, final=True)
-                return _outcome(info, done, failed, args, via="webhook trigger")
+                code = _outcome(info, done, failed, args, via="webhook trigger")
+                return max(code, await _export_event_queue(args, info))
             if time.monotonic() > deadline:
                 await progress.show(counts, receiver, final=True)
                 return await _safety_net(args, home, info, progress)
@@ -716,3 +728,61 @@ def _outcome(
         print(f"    {name.ljust(width)}  {text}")
     print(f"  state: {home} (reused by the next run; --fresh starts over)")
     return 1 if failed else 0
+
+
+# ------------------------------------------------------------------ queue 2: export-event mode
+
+
+async def _register_export_hook(sandbox: Any, receiver: Any) -> int:
+    """``rossflow export-hook`` for queue 2, against the sandbox (idempotent across starts)."""
+    from rossflow.rossum import RossumClient
+    from rossflow.webhook.register import register_export_hook
+
+    async with RossumClient(
+        sandbox.api_url, username=sandbox.username, password=sandbox.password
+    ) as client:
+        hook, _, _ = await register_export_hook(
+            client, queue_id=EVENT_QUEUE, url=receiver.hook_url, secret=receiver.settings.secrets[0]
+        )
+    return int(hook["id"])
+
+
+async def _export_event_queue(args: argparse.Namespace, info: dict[str, Any]) -> int:
+    """Queue 2 next to queue 1: confirming moves the annotations to ``exporting``, the sandbox
+    calls the export hook, rossflow answers 202 and later 201, the sandbox moves them to
+    ``exported`` with the ERP id written back through the answer's operations."""
+    sandbox = info["sandbox"]
+    count = max(1, min(args.files, 4))
+    ids = await asyncio.to_thread(sandbox.seed, queue=EVENT_QUEUE, count=count, status="to_review")
+    erp_before = info["erp"].stats()["documents"]
+    print(
+        f"rossflow demo: queue {EVENT_QUEUE} (export event): the operator confirms {count} "
+        "annotation(s); Rossum calls the export hook and polls rossflow for the answer"
+    )
+    await asyncio.to_thread(sandbox.confirm_all, EVENT_QUEUE)
+    token = sandbox.login()
+    deadline = time.monotonic() + args.timeout
+    with httpx.Client(
+        base_url=sandbox.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        while True:
+            anns = [client.get(f"/v1/annotations/{i}").json() for i in ids]
+            statuses = [a["status"] for a in anns]
+            if all(s in ("exported", "failed_export") for s in statuses):
+                break
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1.0)
+    exported = statuses.count("exported")
+    failed = statuses.count("failed_export")
+    erp = info["erp"].stats()
+    print(
+        f"rossflow demo: queue {EVENT_QUEUE} (export event): exported {exported}, failed "
+        f"{failed}, still exporting {len(ids) - exported - failed}; ERP received "
+        f"{erp['documents'] - erp_before} more invoice(s), {erp['duplicates']} duplicate(s)"
+    )
+    for ann in anns:
+        for message in ann.get("messages") or []:
+            if message.get("type") == "error":
+                print(f"  annotation {ann['id']}: {message.get('content')}")
+    return 0 if exported == len(ids) else 1

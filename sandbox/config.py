@@ -25,6 +25,9 @@ class SandboxConfig:
     hook_retry_backoff_s: float = 1.0
     #: How often an asynchronous (202 + Location) hook reply is polled; Rossum uses 30 s (runtime).
     hook_poll_interval_s: float = 30.0
+    #: Polling limit of asynchronous replies for events whose ``config.max_polling_time_s`` Rossum
+    #: ignores (all but ``upload.created`` and ``invocation.scheduled``): 300 s in Rossum (runtime).
+    hook_max_polling_time_s: float = 300.0
     #: Upload tasks stay ``running`` this long before they report ``succeeded`` (runtime).
     upload_task_delay_s: float = 0.0
     #: Upload size limit (Rossum: 40 MB per request).
@@ -39,6 +42,7 @@ class SandboxConfig:
         "token_lifetime_s",
         "hook_retry_backoff_s",
         "hook_poll_interval_s",
+        "hook_max_polling_time_s",
         "upload_task_delay_s",
         "max_upload_bytes",
     )

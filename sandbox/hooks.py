@@ -13,7 +13,9 @@ to one hook the way Rossum does (spec §9):
 * a ``202`` reply with a ``Location`` header is polled (GET) every ``hook_poll_interval_s`` until it
   answers ``201`` (its body is the result); 408/429/5xx polls are tolerated; polling stops after
   ``config.max_polling_time_s`` (default 300) and other poll failures retry the original call
-  when ``config.retry_after_polling_failure`` (default true).
+  when ``config.retry_after_polling_failure`` (default true). As in Rossum, both settings are
+  read only for ``upload.created`` and ``invocation.scheduled``; every other event polls for
+  the sandbox setting ``hook_max_polling_time_s`` (300 s, lower it in tests) and always retries.
 
 Every call is recorded (``GET /_sandbox/hook_deliveries``) with the payload, sent headers and
 attempt outcomes.
@@ -37,6 +39,8 @@ from sandbox.config import SandboxConfig
 from sandbox.util import now_iso
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Events whose ``max_polling_time_s`` / ``retry_after_polling_failure`` the hook may configure.
+POLLING_CONFIGURABLE = frozenset({"upload.created", "invocation.scheduled"})
 MAX_RECORDS = 2_000
 
 
@@ -109,6 +113,7 @@ class HookDispatcher:
         if config.get("secret"):
             headers.update(signature_headers(str(config["secret"]), body))
         timeout = _num(config.get("timeout_s"), 30.0, 0.1, 60.0)
+        config = self._polling_config(config, f"{payload.get('event')}.{payload.get('action')}")
         retries = int(_num(config.get("retry_count"), 4, 0, 4)) if retry else 0
         any_non_2xx = bool(config.get("retry_on_any_non_2xx", False))
         record: dict[str, Any] = {
@@ -162,6 +167,16 @@ class HookDispatcher:
         record["error"] = result.error
         return result
 
+    def _polling_config(self, config: dict[str, Any], event: str) -> dict[str, Any]:
+        """``config`` with the polling settings Rossum applies to ``event``."""
+        if event in POLLING_CONFIGURABLE:
+            return config
+        return {
+            **config,
+            "max_polling_time_s": self.config.hook_max_polling_time_s,
+            "retry_after_polling_failure": True,
+        }
+
     async def _attempt(
         self, url: str, body: bytes, headers: dict[str, str], timeout: float, config: dict[str, Any]
     ) -> dict[str, Any]:
@@ -190,7 +205,9 @@ class HookDispatcher:
     ) -> None:
         """Asynchronous hook: poll ``location`` until 201 (spec §9.5)."""
         poll_url = str(httpx.URL(url).join(location))
-        deadline = time.monotonic() + _num(config.get("max_polling_time_s"), 300.0, 1.0, 3600.0)
+        limit = _num(config.get("max_polling_time_s"), 300.0, 0.1, 3600.0)
+        deadline = time.monotonic() + limit
+        outcome["max_polling_time_s"] = limit
         outcome["polls"] = 0
         while True:
             await asyncio.sleep(max(0.01, self.config.hook_poll_interval_s))

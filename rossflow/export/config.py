@@ -705,6 +705,9 @@ class Defaults(_Model):
     retries: int = Field(default=3, ge=0, le=10)
     success_codes: list[int | str] = Field(default_factory=lambda: list[int | str](["2xx"]))
     filename_collision: CollisionField = "replace"
+    #: Export-event mode: Rossum's "retry export" (PATCH exporting) sends every step again
+    #: instead of reusing the deliveries that succeeded.
+    resend_on_retry: bool = False
 
 
 # ------------------------------------------------------------------------------ pipeline

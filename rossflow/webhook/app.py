@@ -20,7 +20,8 @@ Prefect server does not take the event   503     after retrying for ``emit_timeo
 emitted                                  200     ``{"status": "accepted", "event_id": …}``
 =======================================  ======  ===============================================
 
-``GET /health`` answers 200 with counters while the process is up; ``GET /ready`` is 200 only when
+``GET /rossum/jobs/<id>`` is the polling URL of an export job. ``GET /health`` answers 200 with
+counters while the process is up; ``GET /ready`` is 200 only when
 the Prefect API answers too.
 """
 
@@ -49,12 +50,16 @@ from rossflow.webhook.events import (
     PrefectEmitter,
     status_changed_event,
 )
+from rossflow.webhook.export_calls import poll_job, receive_export
+from rossflow.webhook.jobs import JobStore
 from rossflow.webhook.signature import verify
 
 logger = logging.getLogger("rossflow.webhook")
 
 #: (event, action) pairs that become Prefect events.
 HANDLED = {("annotation_status", "changed")}
+#: Answered with the asynchronous hook protocol (export-event mode).
+EXPORT = ("annotation_content", "export")
 
 
 @dataclass
@@ -72,6 +77,20 @@ class WebhookSettings:
     #: How long to keep retrying the Prefect server before answering 503.
     emit_timeout_s: float = 5.0
     path: str = "/rossum"
+    #: Export-event mode: SQLite file of export jobs, shared with the flow runs
+    #: (``rossflow serve --event-queues``); None answers export calls with an error message.
+    jobs_path: str | None = None
+    #: Queues that have an export-event pipeline; a call for another queue is answered with an
+    #: error message naming it. None: any queue (an unserved one times out, see claim_timeout_s).
+    export_queues: list[int] | None = None
+    #: Wait this long for the result before answering 202 (0: always 202 + polling URL).
+    fast_path_s: float = 0.0
+    #: A job no flow run claims within this time is answered with an error message.
+    claim_timeout_s: float = 120.0
+    #: A pending job's event is emitted again when polled after this long (lost/absorbed event).
+    reemit_after_s: float = 10.0
+    #: Base of the polling URL (``https://rossflow.example.com``); default: the request's.
+    public_url: str | None = None
 
     def __post_init__(self) -> None:
         self.secrets = [s for s in self.secrets if s]
@@ -87,6 +106,8 @@ class ReceiverState:
     emitter: Emitter
     dedup: DedupStore
     counters: Counter[str] = field(default_factory=Counter)
+    jobs: JobStore | None = None
+    last_emit: dict[str, float] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _waiters: Counter[str] = field(default_factory=Counter)
 
@@ -151,6 +172,8 @@ async def receive_hook(request: Request) -> Response:
     if not isinstance(request_id, str) or not request_id.strip():
         return _reject(state, 400, "request_id missing")
     kind = (payload.get("event"), payload.get("action"))
+    if kind == EXPORT:
+        return await receive_export(state, request, payload)
     if kind not in HANDLED:
         state.counters["ignored"] += 1
         logger.info("ignored hook call %s: event %s.%s is not handled", request_id, *kind)
@@ -213,6 +236,7 @@ def create_app(settings: WebhookSettings, emitter: Emitter | None = None) -> Sta
         settings=settings,
         emitter=emitter,
         dedup=DedupStore(settings.dedup_path, ttl_s=settings.dedup_ttl_s),
+        jobs=JobStore(settings.jobs_path) if settings.jobs_path else None,
     )
 
     @contextlib.asynccontextmanager
@@ -222,10 +246,13 @@ def create_app(settings: WebhookSettings, emitter: Emitter | None = None) -> Sta
         finally:
             await state.emitter.close()
             state.dedup.close()
+            if state.jobs is not None:
+                state.jobs.close()
 
     app = Starlette(
         routes=[
             Route(settings.path, receive_hook, methods=["POST"]),
+            Route(settings.path + "/jobs/{job_id}", poll_job, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/ready", ready, methods=["GET"]),
         ],

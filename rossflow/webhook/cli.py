@@ -132,6 +132,35 @@ def run(argv: list[str] | None = None) -> int:
         default=5.0,
         help="seconds to retry the Prefect server before answering 503 (default 5)",
     )
+    parser.add_argument(
+        "--jobs-db",
+        default=os.environ.get("ROSSFLOW_WEBHOOK_JOBS_DB", ".rossflow/export-jobs.db"),
+        help="export-event mode: SQLite file of export jobs, the one `rossflow serve "
+        "--event-queues` uses ('' disables the mode)",
+    )
+    parser.add_argument(
+        "--export-queues",
+        default=os.environ.get("ROSSFLOW_EXPORT_QUEUES"),
+        help="comma-separated queues with an export-event pipeline; export calls for other "
+        "queues are answered with an error message naming the queue",
+    )
+    parser.add_argument(
+        "--fast-path",
+        type=float,
+        default=0.0,
+        help="seconds to wait for an export result before answering 202 (default 0)",
+    )
+    parser.add_argument(
+        "--claim-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a job may wait for a flow run before it is answered with an error",
+    )
+    parser.add_argument(
+        "--public-url",
+        default=os.environ.get("ROSSFLOW_WEBHOOK_PUBLIC_URL"),
+        help="base of the polling URLs Rossum gets, e.g. https://rossflow.example.com",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -154,6 +183,13 @@ def run(argv: list[str] | None = None) -> int:
             dedup_ttl_s=args.dedup_ttl,
             emit_timeout_s=args.emit_timeout,
             path=args.path,
+            jobs_path=args.jobs_db or None,
+            export_queues=[int(q) for q in args.export_queues.split(",") if q.strip()]
+            if args.export_queues
+            else None,
+            fast_path_s=args.fast_path,
+            claim_timeout_s=args.claim_timeout,
+            public_url=args.public_url,
         )
         server = WebhookServer(settings, args.host, args.port)
     except PortInUseError as exc:

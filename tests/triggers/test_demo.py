@@ -74,6 +74,15 @@ def test_demo_once_exports_every_sample_via_the_webhook(tmp_path: Path) -> None:
     assert re.search(r"export report\s+\S+/export-state/reports/export-\S+\.csv", out), out
     runner_log = (home / "runner.log").read_text()
     assert "flow runs start from a preloaded fork server" in runner_log
+    # queue 2 (no confirmed state) next to queue 1: Rossum's export hook, answered by rossflow
+    event = re.search(
+        r"queue 2 \(export event\): exported (\d+), failed (\d+), still exporting (\d+); "
+        r"ERP received (\d+) more invoice\(s\), (\d+) duplicate",
+        out,
+    )
+    assert event, out[-4000:]
+    assert tuple(int(g) for g in event.groups()) == (4, 0, 0, 4, 0), out[-4000:]
+    assert "rossum-export-event/event-queues-2" in runner_log
 
 
 @pytest.mark.slow
