@@ -389,6 +389,7 @@ def run(argv: list[str] | None = None) -> int:
         "export hook): deliver what it exported, every --exported-since-interval s; repeatable",
     )
     parser.add_argument("--exported-since-interval", type=float, default=300.0, help="seconds")
+    parser.add_argument(
         "--event-queues",
         type=_queues,
         action="append",
