@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "receive Rossum hook calls and emit Prefect events (triggers the export)",
     ),
     "export-hook": (
-        "rossflow.webhook.register",
+        "rossflow.export_hook_cli",
         "run",
         "register the annotation_content.export hook in Rossum for a queue (export-event mode)",
     ),

@@ -52,6 +52,7 @@ from rossflow.webhook.events import (
 )
 from rossflow.webhook.export_calls import poll_job, receive_export
 from rossflow.webhook.jobs import JobStore
+from rossflow.webhook.rejections import reject
 from rossflow.webhook.signature import verify
 
 logger = logging.getLogger("rossflow.webhook")
@@ -129,11 +130,7 @@ class ReceiverState:
 def _reject(
     state: ReceiverState, status: int, reason: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    state.counters[f"rejected_{status}"] += 1
-    logger.warning("rejected hook call (%s): %s", status, reason)
-    return JSONResponse(
-        {"status": "rejected", "reason": reason}, status_code=status, headers=headers
-    )
+    return reject(state.counters, status, reason, headers)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:

@@ -39,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 
 from rossflow.webhook.events import NAMESPACE, EmitError, PayloadError, _id
 from rossflow.webhook.jobs import Job, job_key
+from rossflow.webhook.rejections import reject
 
 if TYPE_CHECKING:
     from rossflow.webhook.app import ReceiverState
@@ -152,12 +153,10 @@ async def receive_export(
     state: ReceiverState, request: Request, payload: dict[str, Any]
 ) -> Response:
     """An ``annotation_content.export`` call whose signature was verified."""
-    from rossflow.webhook.app import _reject
-
     try:
         annotation_id, queue_id, content = parse_export_call(payload)
     except PayloadError as exc:
-        return _reject(state, 400, str(exc))
+        return reject(state.counters, 400, str(exc))
     request_id = str(payload["request_id"])
     settings = state.settings
     state.counters["export_calls"] += 1
@@ -206,7 +205,7 @@ async def receive_export(
             try:
                 await _emit(state, job, request_id, again=what not in ("created", "reopened"))
             except EmitError as exc:
-                return _reject(state, 503, str(exc), headers={"Retry-After": "5"})
+                return reject(state.counters, 503, str(exc), headers={"Retry-After": "5"})
     logger.info(
         "export call %s: annotation %s (queue %s) → job %s %s",
         request_id,

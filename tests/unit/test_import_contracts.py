@@ -31,6 +31,7 @@ APP_MODULES = {
     "rossflow.setup",
     "rossflow.doctor",
     "rossflow.hooks_cli",
+    "rossflow.export_hook_cli",
 }
 
 
@@ -46,7 +47,7 @@ def test_only_the_cli_entry_points_may_import_the_prefect_layer() -> None:
         [
             "grep",
             "-rlE",
-            r"^\s*(from|import) rossflow\.(cli|demo|setup|doctor|hooks_cli)\b",
+            r"^\s*(from|import) rossflow\.(cli|demo|setup|doctor|hooks_cli|export_hook_cli)\b",
             str(ROOT / "rossflow"),
         ],
         capture_output=True,
