@@ -188,7 +188,7 @@ class DocReport:
             "file": self.file_name,
             "outcome": self.outcome,
             "target": self.target,
-            "http_status": self.http_status if self.http_status is not None else "",
+            "http_status": self.http_status,
             "message": self.message,
             "warnings": self.warnings,
         }

@@ -233,5 +233,7 @@ def run_report_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     columns = RUN_REPORT_COLUMNS + extras
     frame = pd.DataFrame([{c: d.get(c) for c in columns} for d in expanded], columns=columns)
     if "http_status" in frame:
-        frame["http_status"] = frame["http_status"].astype("Int64")
+        # A failure without an HTTP status (timeout, refused connection) has no number.
+        status = frame["http_status"].replace("", None)
+        frame["http_status"] = pd.to_numeric(status, errors="coerce").astype("Int64")
     return frame

@@ -1,0 +1,84 @@
+"""Regressions of issue 16 (a fault-injection run): each against the real sandbox, ERP stand-in
+and, where the flow is involved, the Prefect test server."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pandas as pd
+import pytest
+
+from blocks import RestTarget, RossumCredentials
+from tests.export.test_engine import ERP_PIPELINE, _value
+
+
+async def _flow_blocks(sandbox, erp, **target: object) -> str:
+    suffix = uuid.uuid4().hex[:8]
+    rossum = f"rossum-{suffix}"
+    await RossumCredentials(
+        base_url=sandbox.api_url,
+        username=sandbox.username,
+        password=sandbox.password,
+        rate_limit_per_s=None,
+    ).asave(rossum, overwrite=True)
+    await RestTarget(base_url=erp.url, **target).asave("erp", overwrite=True)
+    return rossum
+
+
+async def _artifacts(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async with get_client() as client:
+        arts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in arts}
+
+
+# -- 1. a failure without an HTTP status must not crash the report ---------------------------
+
+
+@pytest.mark.usefixtures("prefect_harness")
+async def test_flow_with_a_read_timeout_still_writes_report_table_and_summary(
+    sandbox, erp_server, tmp_path
+):
+    from flows.export import export_confirmed
+
+    ids = sandbox.seed(queue=1, count=3, status="confirmed")
+    items = await _export_items(sandbox, ids)
+    slow = _value(items[1], "invoice_id")
+    # the ERP hangs on this invoice for longer than the target's read timeout
+    erp_server.configure(
+        {"fail_when_body_contains": {slow: {"status": 201, "latency_s": 2.0}}}, merge=True
+    )
+    rossum = await _flow_blocks(sandbox, erp_server, max_attempts=1, read_timeout_s=0.4)
+    state = tmp_path / "state"
+    run_state = await export_confirmed(
+        queues=[1], pipeline=ERP_PIPELINE, rossum=rossum, state_dir=str(state), return_state=True
+    )
+    assert run_state.is_completed(), run_state.message
+    counts = await run_state.result()
+    assert sum(counts.values()) == 3 and counts.get("exported") == 2
+    csvs = sorted((state / "reports").glob("export-*.csv"))
+    assert len(csvs) == 1
+    frame = pd.read_csv(csvs[0])
+    timed_out = frame[frame["message"].fillna("").str.contains("ReadTimeout")]
+    assert len(timed_out) == 1 and pd.isna(timed_out.iloc[0]["http_status"])
+    arts = await _artifacts(run_state.state_details.flow_run_id)
+    assert {"export-report", "export-summary"} <= set(arts)
+    table = json.loads(arts["export-report"].data)
+    assert len(table) == 3
+
+
+async def _export_items(sandbox, ids):
+    from rossflow.rossum import RossumClient
+
+    async with RossumClient(
+        sandbox.api_url, username=sandbox.username, password=sandbox.password, rate_limit_per_s=None
+    ) as client:
+        items = await client.export(1, ids=ids)
+    for item in items:
+        item["id"] = int(item["url"].rstrip("/").rsplit("/", 1)[-1])
+    return sorted(items, key=lambda i: i["id"])
