@@ -170,7 +170,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class DocReport:
-    """One row of the run report."""
+    """One row of the run report (columns: :data:`~rossflow.export.tabular.RUN_REPORT_COLUMNS`)."""
 
     annotation_id: int
     queue_id: int
@@ -180,13 +180,17 @@ class DocReport:
     http_status: int | None
     message: str
     warnings: str = ""
+    status: str = ""
+    step: str = ""
 
     def as_row(self) -> dict[str, Any]:
         return {
-            "annotation": self.annotation_id,
-            "queue": self.queue_id,
-            "file": self.file_name,
+            "annotation_id": self.annotation_id,
+            "queue_id": self.queue_id,
+            "document": self.file_name,
             "outcome": self.outcome,
+            "status": self.status,
+            "step": self.step,
             "target": self.target,
             "http_status": self.http_status,
             "message": self.message,
@@ -881,6 +885,8 @@ class ExportEngine:
                     doc.message = f"delivered, but moving to exported failed: {exc}"
             for doc in ok:
                 status = moved.get(doc.annotation_id)
+                if status:
+                    doc.status = status
                 if status == "exported":
                     doc.outcome = "exported"
                     doc.message = doc.message or _summary(doc)
@@ -901,7 +907,7 @@ class ExportEngine:
             async with sem:
                 try:
                     await self.client.mark_failed_export(doc.annotation_id, doc.message)
-                    doc.outcome = "failed_export"
+                    doc.outcome, doc.status = "failed_export", "failed_export"
                 except RossumError as exc:
                     doc.outcome = "failed_kept_confirmed"
                     doc.message += f" (could not set failed_export: {exc})"
@@ -917,6 +923,8 @@ class ExportEngine:
                 http_status=d.last_http_status,
                 message=d.message,
                 warnings="; ".join(d.warnings),
+                status=d.status,
+                step=(d.error.step or "") if d.error is not None else "",
             )
             for d in batch.docs
         ]

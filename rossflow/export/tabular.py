@@ -27,17 +27,20 @@ __all__ = [
 
 Node = Mapping[str, Any]
 
+# The export run report: one row per annotation, these columns in this order (README, "Run
+# report"). ``status`` is the Rossum status the annotation was left in; ``step``/``target``/
+# ``http_status`` describe the failure (or the last delivery of a success).
 RUN_REPORT_COLUMNS = [
     "annotation_id",
+    "queue_id",
     "document",
+    "outcome",
     "status",
     "step",
     "target",
     "http_status",
     "message",
-    "started_at",
-    "finished_at",
-    "duration_s",
+    "warnings",
 ]
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 

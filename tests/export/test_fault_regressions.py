@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from blocks import RestTarget, RossumCredentials
-from tests.export.test_engine import ERP_PIPELINE, _value
+from tests.export.test_engine import ERP_PIPELINE, _export, _value
 
 
 async def _flow_blocks(sandbox, erp, **target: object) -> str:
@@ -82,3 +82,33 @@ async def _export_items(sandbox, ids):
     for item in items:
         item["id"] = int(item["url"].rstrip("/").rsplit("/", 1)[-1])
     return sorted(items, key=lambda i: i["id"])
+
+
+# -- 5. the run-report CSV: one column set, in the documented order, filled -----------------
+
+
+async def test_run_report_csv_reads_back_with_the_documented_columns_filled(rig, tmp_path):
+    from rossflow.export.report import write_report_csv
+    from rossflow.export.tabular import RUN_REPORT_COLUMNS
+
+    ids = rig.sandbox.seed(queue=1, count=3, status="confirmed")
+    items = await _export(rig, ids)
+    bad = _value(items[2], "invoice_id")
+    rig.erp.configure(
+        {"fail_when_body_contains": {bad: {"status": 422, "body": {"error": "bad VAT"}}}},
+        merge=True,
+    )
+    reports = await rig.run(ERP_PIPELINE, ids)
+    path = write_report_csv(reports, tmp_path / "report.csv")
+    frame = pd.read_csv(path, dtype={"http_status": "Int64"}, keep_default_na=False)
+    assert list(frame.columns) == RUN_REPORT_COLUMNS
+    assert sorted(frame["annotation_id"]) == sorted(ids)
+    assert set(frame["queue_id"]) == {1}
+    assert all(frame["document"].str.len() > 0)
+    by_id = {int(r["annotation_id"]): r for _, r in frame.iterrows()}
+    failed = by_id[ids[2]]
+    assert failed["outcome"] == "failed_export" and failed["status"] == "failed_export"
+    assert failed["step"] == "post_invoice" and failed["http_status"] == 422
+    assert "bad VAT" in failed["message"] and failed["target"]
+    ok = by_id[ids[0]]
+    assert ok["outcome"] == "exported" and ok["status"] == "exported"
