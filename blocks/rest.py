@@ -71,7 +71,7 @@ class RestTarget(Block):
         return RestEndpoint(
             url=join_url(self.base_url, url),
             method=method,  # type: ignore[arg-type]
-            name=self._block_document_name or self.base_url,
+            name=self._block_document_name,
             headers=dict(self.headers),
             auth=auth,
             tls=TlsConfig(

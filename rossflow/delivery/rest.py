@@ -171,7 +171,9 @@ class RestEndpoint(_Model):
 
     @property
     def display_name(self) -> str:
-        return self.name or safe_url(self.url)
+        """How messages name the target: block name and URL (never its credentials)."""
+        url = safe_url(self.url)
+        return f"{self.name} ({url})" if self.name and self.name != url else url
 
 
 # --------------------------------------------------------------------------------------------

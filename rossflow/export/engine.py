@@ -554,11 +554,17 @@ class ExportEngine:
         url = _with_params(req.url, req.params)
         if step.target:
             target = self.targets.get("rest", step.target)
+            # The block's name is the name the step used for it.
             if isinstance(target, RestEndpoint):
-                base = target
-                return base.model_copy(update={"url": _join(base.url, url), "method": req.method})
+                return target.model_copy(
+                    update={
+                        "url": _join(target.url, url),
+                        "method": req.method,
+                        "name": step.target,
+                    }
+                )
             endpoint: RestEndpoint = target.endpoint(url=url, method=req.method)
-            return endpoint
+            return endpoint.model_copy(update={"name": step.target})
         retries = step.retries if step.retries is not None else self.pipeline.defaults.retries
         if (step.mode or self.pipeline.defaults.mode) == "wait" and step.retries is None:
             retries = max(retries, 2)
@@ -566,7 +572,6 @@ class ExportEngine:
         return RestEndpoint(
             url=url,
             method=req.method,  # type: ignore[arg-type]
-            name=step.name,
             timeouts=RestTimeouts(read=timeout, write=timeout),
             retry=RestRetryPolicy(max_attempts=retries + 1),
         )
@@ -583,7 +588,6 @@ class ExportEngine:
                 endpoint = RestEndpoint(
                     url=req.url,
                     method=req.method,  # type: ignore[arg-type]
-                    name=f"{step.name} auth",
                     timeouts=RestTimeouts(read=req.timeout_s, write=req.timeout_s),
                 )
                 client = await self._http_client(endpoint)
@@ -657,7 +661,9 @@ class ExportEngine:
             ],
             secret_values,
         )
-        doc.ctx, outcome = apply_response(step, doc.ctx, record, secrets=secrets)
+        doc.ctx, outcome = apply_response(
+            step, doc.ctx, record, secrets=secrets, target=endpoint.display_name
+        )
         if state == "delivered":
             self.ledger.finish(
                 key,
@@ -781,7 +787,9 @@ class ExportEngine:
             if kind == "s3"
             else f"sftp://{target.display}"
         )
-        doc.last_target = label
+        # Messages name the block (when the step names one) and the location.
+        shown = f"{step.target} ({label})" if step.target else label
+        doc.last_target = shown
         for item in planned:
             data = item.read()
             key = _sha(f"{doc.annotation_id}\n{step.name}\n{item.path}\n{_sha(data)}".encode())
@@ -814,7 +822,7 @@ class ExportEngine:
             except Exception as exc:
                 self.ledger.finish(key, ok=False, result={"error": str(exc)})
                 raise StepError(
-                    f"upload of {item.path} failed: {exc}", step=step.name, target=label
+                    f"upload of {item.path} failed: {exc}", step=step.name, target=shown
                 ) from exc
             self.ledger.finish(key, ok=True, result={"path": final})
             doc.deliveries.append(

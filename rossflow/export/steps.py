@@ -44,6 +44,7 @@ from rossflow.export.filenames import FilenameRenderer, SequenceCounter
 from rossflow.export.placeholders import PlaceholderResolver, condition_passes, resolver_for
 from rossflow.export.tabular import annotation_rows, frame_to_csv, frame_to_xlsx, rows_to_frame
 from rossflow.export.templating import CONTENT_TYPES, RenderedFile, render_step, render_text
+from rossflow.rossum.errors import safe_url
 
 __all__ = [
     "EvaluateOutcome",
@@ -275,7 +276,7 @@ def token_from_auth_response(
         raise DeliveryError(
             "authentication failed",
             step=step,
-            target=auth.url,
+            target=safe_url(auth.url),
             http_status=status,
             reply=record.get("text"),
             secrets=secrets,
@@ -286,7 +287,7 @@ def token_from_auth_response(
         raise DeliveryError(
             f"authentication reply has no token at {auth.token_path!r}",
             step=step,
-            target=auth.url,
+            target=safe_url(auth.url),
             http_status=status,
             reply=record.get("text"),
             secrets=secrets,
@@ -320,8 +321,12 @@ def apply_response(
     record: Mapping[str, Any],
     *,
     secrets: Mapping[str, Any] | None = None,
+    target: str | None = None,
 ) -> tuple[ExportContext, RestOutcome]:
-    """Store the reply (by step name and under the response reference keys) and classify it."""
+    """Store the reply (by step name and under the response reference keys) and classify it.
+
+    ``target`` names the target in a failure (block name and URL); default: the reply's URL.
+    """
     ctx = ctx.with_response(step.name, record)
     if step.response_headers_reference_key:
         ctx = ctx.with_reference(step.response_headers_reference_key, headers_document(record))
@@ -342,7 +347,7 @@ def apply_response(
         )
         + ")",
         step=step.name,
-        target=str(record.get("url") or step.request.url),
+        target=target or safe_url(str(record.get("url") or step.request.url)),
         http_status=code,
         reply=record.get("text"),
         secrets=secrets,

@@ -112,3 +112,38 @@ async def test_run_report_csv_reads_back_with_the_documented_columns_filled(rig,
     assert "bad VAT" in failed["message"] and failed["target"]
     ok = by_id[ids[0]]
     assert ok["outcome"] == "exported" and ok["status"] == "exported"
+
+
+# -- 6. failure messages name the block and the URL, never the URL's credentials ---------------
+
+
+async def test_failures_name_block_and_url_without_credentials(rig):
+    from rossflow.export.engine import Targets
+
+    ids = rig.sandbox.seed(queue=1, count=2, status="confirmed")
+    items = await _export(rig, ids)
+    refused, hung = _value(items[0], "invoice_id"), _value(items[1], "invoice_id")
+    rig.erp.configure(
+        {
+            "fail_when_body_contains": {
+                refused: {"status": 422, "body": {"error": "no"}},
+                hung: {"status": 201, "latency_s": 2.0},
+            }
+        },
+        merge=True,
+    )
+    host = rig.erp.url.split("://", 1)[1]
+    block = RestTarget(
+        base_url=f"http://svc-user:pw-in-url-1234@{host}", max_attempts=1, read_timeout_s=0.4
+    )
+    rig.targets = lambda: Targets(rest={"erp": block})  # type: ignore[method-assign]
+    reports = {r.annotation_id: r for r in await rig.run(ERP_PIPELINE, ids)}
+    where = f"erp (http://{host}/api/invoices)"
+    for ann_id in ids:
+        report = reports[ann_id]
+        assert report.outcome.startswith("failed"), report
+        assert where in report.message, report.message
+        assert report.target == where
+        assert "pw-in-url-1234" not in report.message and "svc-user" not in report.message
+    assert "HTTP 422" in reports[ids[0]].message
+    assert "ReadTimeout" in reports[ids[1]].message
