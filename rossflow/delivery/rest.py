@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from rossflow.redaction import Redactor
 from rossflow.rossum.errors import safe_url
 from rossflow.rossum.policy import parse_retry_after
 from rossflow.transport import async_transport
@@ -499,12 +500,14 @@ async def deliver(
     url: str | None = None,
     token_cache: OAuth2TokenCache | None = None,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    redactor: Redactor | None = None,
 ) -> DeliveryResult:
     """Send ``body`` to ``endpoint`` (or ``url``, e.g. with a document id filled in).
 
     Retries transport errors and ``endpoint.retry.retry_statuses``; with OAuth2, a 401 triggers
     one token refresh and an immediate repeat that does not use up a retry. Returns the last
     answer whatever its status; raises :class:`DeliveryError` when no answer could be obtained.
+    ``redactor`` learns every credential sent (OAuth2 tokens are only known at run time).
     """
     target_url = url or endpoint.url
     shown_url = safe_url(target_url)
@@ -522,6 +525,9 @@ async def deliver(
         used_token: str | None = None
         try:
             auth_headers, used_token = await _auth_headers(client, endpoint.auth, cache)
+            if redactor is not None:
+                for value in auth_headers.values():
+                    redactor.add_auth_header(value)
             # Later sources win, case-insensitively: body defaults < endpoint < call < auth.
             request_headers = httpx.Headers(body_headers)
             for extra in (endpoint.headers, headers or {}, auth_headers):

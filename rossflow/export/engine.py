@@ -45,6 +45,7 @@ from rossflow.delivery.rest import (
 )
 from rossflow.delivery.sftp import SftpConnectionInfo, SftpSession
 from rossflow.ledger import Ledger
+from rossflow.redaction import Redactor
 from rossflow.rossum import RossumClient, RossumError, id_from_url
 
 from .config import (
@@ -243,16 +244,16 @@ def _with_params(url: str, params: Mapping[str, str]) -> str:
     return str(httpx.URL(url).copy_merge_params(dict(params)))
 
 
-def _small_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Reply record as stored in the ledger (what later steps need on a rerun)."""
+def _small_record(record: Mapping[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """Reply record as stored in the ledger (what later steps need on a rerun), redacted."""
     text = str(record.get("text") or "")
     if len(text) > MAX_RECORDED_REPLY:
         text = text[:MAX_RECORDED_REPLY]
     return {
         "status_code": record.get("status_code"),
-        "raw": record.get("raw") or [],
-        "text": text,
-        "url": record.get("url"),
+        "raw": redactor.data(list(record.get("raw") or [])),
+        "text": redactor(text),
+        "url": redactor(str(record.get("url") or "")) or None,
         "elapsed_s": record.get("elapsed_s"),
     }
 
@@ -286,15 +287,6 @@ def pipeline_needs_original(pipeline: PipelineConfig) -> bool:
         ):
             return True
     return False
-
-
-def _secret_values(secrets: Mapping[str, Any]) -> list[str]:
-    out = []
-    for value in secrets.values():
-        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-        if isinstance(raw, str) and raw:
-            out.append(raw)
-    return out
 
 
 class _SessionPool:
@@ -361,6 +353,12 @@ class ExportEngine:
         self.dry_run = dry_run
         self.on_failure = on_failure
         self.needs_original = pipeline_needs_original(pipeline)
+        # Every secret value of this run, masked wherever a reply is stored or quoted; targets
+        # and run-time tokens are added as they are resolved or obtained.
+        self.redactor = Redactor()
+        self.redactor.add_from(self.secrets)
+        for step in pipeline.steps:
+            self.redactor.add_from(dict(getattr(step, "secrets", None) or {}))
         self._stack = AsyncExitStack()
         self._http: dict[tuple[Any, ...], httpx.AsyncClient] = {}
         self._tokens: dict[str, tuple[str, float]] = {}
@@ -469,9 +467,18 @@ class ExportEngine:
                 except StepError as exc:
                     doc.fail(exc.with_step(step.name))
                 except Exception as exc:
-                    log.exception("step %s crashed for annotation %s", step.name, doc.annotation_id)
+                    log.error(
+                        "step %s crashed for annotation %s: %s",
+                        step.name,
+                        doc.annotation_id,
+                        self.redactor(f"{type(exc).__name__}: {exc}"),
+                    )
                     doc.fail(
-                        StepError(f"internal error: {type(exc).__name__}: {exc}", step=step.name)
+                        StepError(
+                            f"internal error: {type(exc).__name__}: {exc}",
+                            step=step.name,
+                            secrets=self.redactor,
+                        )
                     )
                 if doc.error is not None:
                     counts["failed"] += 1
@@ -479,7 +486,7 @@ class ExportEngine:
                         "annotation %s failed at %s: %s",
                         doc.annotation_id,
                         step.name,
-                        doc.error.message(),
+                        self.redactor(doc.error.message()),
                     )
 
         await asyncio.gather(*(one(d) for d in batch.docs))
@@ -494,12 +501,7 @@ class ExportEngine:
         if isinstance(step, TemplateStep):
             doc.ctx, files = run_template_step(step, doc.ctx)
             if files:
-                await self._store(
-                    doc,
-                    step.name,
-                    [(r.key + r.extension, r.content) for r in files],
-                    _secret_values(self._secrets_for(step)),
-                )
+                await self._store(doc, step.name, [(r.key + r.extension, r.content) for r in files])
             return True
         if isinstance(step, RestStep):
             return await self._rest(step, doc)
@@ -515,14 +517,15 @@ class ExportEngine:
             return await self._files(step, doc)
         raise StepError(f"unsupported step type {type(step).__name__}", step=step.name)
 
-    async def _store(
-        self, doc: DocState, step: str, files: list[tuple[str, bytes]], secrets: list[str]
-    ) -> None:
-        """Store rendered files / requests / replies of one document (off the event loop)."""
-        await asyncio.get_running_loop().run_in_executor(
-            self._artifact_pool,
-            lambda: self.artifacts.put_many(doc.annotation_id, step, files, secrets=secrets),
-        )
+    async def _store(self, doc: DocState, step: str, files: list[tuple[str, bytes]]) -> None:
+        """Store rendered files / requests / replies of one document (off the event loop),
+        with every secret of the run masked."""
+
+        def put() -> None:
+            redacted = [(name, self.redactor.bytes(data)) for name, data in files]
+            self.artifacts.put_many(doc.annotation_id, step, redacted)
+
+        await asyncio.get_running_loop().run_in_executor(self._artifact_pool, put)
 
     def _secrets_for(self, step: Any) -> dict[str, Any]:
         merged = dict(self.secrets)
@@ -551,9 +554,15 @@ class ExportEngine:
         return client
 
     def _endpoint(self, step: RestStep, req: PreparedRequest) -> RestEndpoint:
+        endpoint = self._resolve_endpoint(step, req)
+        self.redactor.add_from(endpoint)
+        return endpoint
+
+    def _resolve_endpoint(self, step: RestStep, req: PreparedRequest) -> RestEndpoint:
         url = _with_params(req.url, req.params)
         if step.target:
             target = self.targets.get("rest", step.target)
+            self.redactor.add_from(target)
             # The block's name is the name the step used for it.
             if isinstance(target, RestEndpoint):
                 return target.model_copy(
@@ -598,19 +607,24 @@ class ExportEngine:
                         _body_for(req),
                         idempotency_key=_sha(_request_bytes(req) + str(time.time()).encode()),
                         headers=req.headers,
+                        redactor=self.redactor,
                     )
                 except rest_delivery.DeliveryError as exc:
                     raise DeliveryError(
-                        f"authentication request failed: {exc}", step=step.name, target=exc.url
+                        f"authentication request failed: {exc}",
+                        step=step.name,
+                        target=exc.url,
+                        secrets=self.redactor,
                     ) from exc
                 record = build_response_record(
                     result.status_code, result.headers, result.body, url=result.url
                 )
                 token, lifetime = token_from_auth_response(
-                    auth, record, step=step.name, secrets=secrets
+                    auth, record, step=step.name, secrets=self.redactor
                 )
                 expires = time.monotonic() + (max(30.0, lifetime - 30) if lifetime else 600.0)
                 cached = self._tokens[cache_key] = (token, expires)
+                self.redactor.add(token)
         secrets[auth.cache_as] = cached[0]
 
     async def _rest(self, step: RestStep, doc: DocState) -> bool:
@@ -629,8 +643,7 @@ class ExportEngine:
         key = rest_delivery.idempotency_key(
             doc.annotation_id, f"{step.name}|{endpoint.url}", payload
         )
-        secret_values = _secret_values(secrets)
-        await self._store(doc, step.name, [("request.body", _preview(req))], secret_values)
+        await self._store(doc, step.name, [("request.body", _preview(req))])
         if self.dry_run:
             doc.deliveries.append(
                 {"step": step.name, "target": endpoint.display_name, "state": "dry_run"}
@@ -659,16 +672,18 @@ class ExportEngine:
                 ("response.json", json.dumps(meta, default=str).encode()),
                 ("response.body", str(record.get("text") or "").encode()),
             ],
-            secret_values,
         )
         doc.ctx, outcome = apply_response(
-            step, doc.ctx, record, secrets=secrets, target=endpoint.display_name
+            step, doc.ctx, record, secrets=self.redactor, target=endpoint.display_name
         )
         if state == "delivered":
             self.ledger.finish(
                 key,
                 ok=outcome.status != "error",
-                result={"record": _small_record(record), "http_status": outcome.http_status},
+                result={
+                    "record": _small_record(record, self.redactor),
+                    "http_status": outcome.http_status,
+                },
             )
         doc.deliveries.append(
             {
@@ -698,7 +713,7 @@ class ExportEngine:
         body = _body_for(req)
         try:
             result = await rest_delivery.deliver(
-                client, endpoint, body, idempotency_key=key, headers=headers
+                client, endpoint, body, idempotency_key=key, headers=headers, redactor=self.redactor
             )
             if result.status_code == 401 and auth is not None:
                 # Rossum's REST export re-authenticates on any 401 and tries once more.
@@ -706,15 +721,20 @@ class ExportEngine:
                 req = prepare_request(step, doc.ctx, secrets=secrets)
                 headers = {k: v for k, v in req.headers.items() if k.lower() != "content-type"}
                 result = await rest_delivery.deliver(
-                    client, endpoint, body, idempotency_key=key, headers=headers
+                    client,
+                    endpoint,
+                    body,
+                    idempotency_key=key,
+                    headers=headers,
+                    redactor=self.redactor,
                 )
         except rest_delivery.DeliveryError as exc:
-            self.ledger.finish(key, ok=False, result={"error": str(exc)})
+            self.ledger.finish(key, ok=False, result={"error": self.redactor(str(exc))})
             raise DeliveryError(
                 f"could not deliver after {exc.attempts} attempt(s): {exc}",
                 step=step.name,
                 target=endpoint.display_name,
-                secrets=secrets,
+                secrets=self.redactor,
                 retryable=True,
             ) from exc
         return build_response_record(
@@ -743,7 +763,8 @@ class ExportEngine:
                 await self.client.content_operations(doc.annotation_id, ops)
             except RossumError as exc:
                 raise StepError(
-                    f"writing {sorted(result.values)} back to Rossum failed: {exc.detail or exc}",
+                    f"writing {sorted(result.values)} back to Rossum failed: "
+                    + self.redactor(str(exc.detail or exc)),
                     step=step.name,
                     target="rossum",
                     http_status=exc.status,
@@ -760,13 +781,18 @@ class ExportEngine:
         creds = dict(step.credentials or {})
         if isinstance(step, S3Step) or creds.get("type") == "s3":
             if step.target:
-                return "s3", self.targets.get("s3", step.target)
-            return "s3", _inline_s3(step, creds, secrets)
+                target = self.targets.get("s3", step.target)
+            else:
+                target = _inline_s3(step, creds, secrets)
+            self.redactor.add_from(target)
+            return "s3", target
         if step.target:
             found = self.targets.get("sftp", step.target)
             info = found.connection_info() if hasattr(found, "connection_info") else found
-            return "sftp", info
-        return "sftp", _inline_sftp(step, creds, secrets)
+        else:
+            info = _inline_sftp(step, creds, secrets)
+        self.redactor.add_from(info)
+        return "sftp", info
 
     async def _files(self, step: FileStorageStep, doc: DocState) -> bool:
         kind, target = self._file_target(step)
@@ -820,9 +846,12 @@ class ExportEngine:
             try:
                 final = await self._put(kind, target, item.path, data, item.content_type, collision)
             except Exception as exc:
-                self.ledger.finish(key, ok=False, result={"error": str(exc)})
+                self.ledger.finish(key, ok=False, result={"error": self.redactor(str(exc))})
                 raise StepError(
-                    f"upload of {item.path} failed: {exc}", step=step.name, target=shown
+                    f"upload of {item.path} failed: {exc}",
+                    step=step.name,
+                    target=shown,
+                    secrets=self.redactor,
                 ) from exc
             self.ledger.finish(key, ok=True, result={"path": final})
             doc.deliveries.append(
@@ -908,7 +937,7 @@ class ExportEngine:
 
         async def fail(doc: DocState) -> None:
             assert doc.error is not None
-            doc.message = doc.error.message()
+            doc.message = self.redactor(doc.error.message())
             if self.dry_run or self.on_failure == "keep_confirmed":
                 doc.outcome = "failed_kept_confirmed" if not self.dry_run else "dry_run"
                 return
@@ -929,8 +958,8 @@ class ExportEngine:
                 outcome=d.outcome or "not_moved",
                 target=d.last_target or "",
                 http_status=d.last_http_status,
-                message=d.message,
-                warnings="; ".join(d.warnings),
+                message=self.redactor(d.message),
+                warnings=self.redactor("; ".join(d.warnings)),
                 status=d.status,
                 step=(d.error.step or "") if d.error is not None else "",
             )

@@ -30,8 +30,9 @@ Config format (every key optional)::
                     | {"type": "bearer", "token": "t"}         # static token
                     | {"type": "oauth2"}                       # token issued by /oauth/token
                     | {"type": "api_key", "header": "X-API-Key", "value": "k"},
-      "oauth": {"client_id": "rossflow", "client_secret": "secret", "expires_in": 3600}
-    }
+      "oauth": {"client_id": "rossflow", "client_secret": "secret", "expires_in": 3600},
+      "echo_errors": false                      # error answers (4xx/5xx) echo the request's
+    }                                           # headers and body, like debug-mode gateways
 
     RESPONSE = {"status": 201, "body": {...} | [...] | "text or XML", "content_type": "...",
                 "headers": {"Retry-After": "1"}, "latency_s": 0.5}
@@ -80,6 +81,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "fail_when_body_contains": {},
     "require_auth": {"type": "none"},
     "oauth": {"client_id": "rossflow", "client_secret": "secret", "expires_in": 3600},
+    "echo_errors": False,
 }
 
 # Answers a client may legitimately retry; they are not pinned to an idempotency key.
@@ -333,6 +335,8 @@ class ErpState:
                 final = status < 500 and status not in _TRANSIENT_STATUSES
                 if key and final:
                     self._idempotent[key] = (status, out_headers, out_body, ctype)
+            if status >= 400 and self.config.get("echo_errors"):
+                out_body, ctype = _echo(method, path, headers, body, out_body), "application/json"
             self.stats["by_status"][status] += 1
             record.update({"status": status, "duplicate": duplicate, "document_id": document_id})
             self.received.append(record)
@@ -344,6 +348,21 @@ class ErpState:
     def _is_secret_header(self, name: str) -> bool:
         auth = self.config.get("require_auth") or {}
         return auth.get("type") == "api_key" and name == str(auth.get("header", "")).lower()
+
+
+def _echo(method: str, path: str, headers: dict[str, str], body: bytes, answer: bytes) -> bytes:
+    """An error answer that quotes the request verbatim, credentials included (echo mode)."""
+    return json.dumps(
+        {
+            "error": answer.decode("utf-8", "replace"),
+            "request": {
+                "method": method,
+                "path": path,
+                "headers": headers,
+                "body": body.decode("utf-8", "replace"),
+            },
+        }
+    ).encode()
 
 
 async def _summarize_body(request: Request, body: bytes) -> tuple[dict[str, Any], str | None]:

@@ -147,3 +147,87 @@ async def test_failures_name_block_and_url_without_credentials(rig):
         assert "pw-in-url-1234" not in report.message and "svc-user" not in report.message
     assert "HTTP 422" in reports[ids[0]].message
     assert "ReadTimeout" in reports[ids[1]].message
+
+
+# -- 2. secrets an ERP echoes back are masked wherever a reply is stored or quoted ------------
+
+_AUTH_CASES = {
+    "api_key": (
+        {"auth": "api_key", "api_key": "erp-api-key-1234"},
+        {"type": "api_key", "header": "X-API-Key", "value": "erp-api-key-1234"},
+        ["erp-api-key-1234"],
+    ),
+    "basic": (
+        {"auth": "basic", "username": "svc", "password": "basic-pw-5678"},
+        {"type": "basic", "username": "svc", "password": "basic-pw-5678"},
+        ["basic-pw-5678", "c3ZjOmJhc2ljLXB3LTU2Nzg="],  # base64 of svc:basic-pw-5678
+    ),
+    "bearer": (
+        {"auth": "bearer", "token": "static-bearer-9012"},
+        {"type": "bearer", "token": "static-bearer-9012"},
+        ["static-bearer-9012"],
+    ),
+    "oauth2": (
+        {"auth": "oauth2", "client_id": "rossflow", "client_secret": "oauth-cs-5566"},
+        {"type": "oauth2"},
+        ["oauth-cs-5566"],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_AUTH_CASES))
+async def test_secrets_echoed_by_the_erp_are_masked_everywhere(rig, kind, caplog):
+    import logging
+
+    from pydantic import SecretStr
+
+    from rossflow.export.engine import Targets
+
+    block_fields, require_auth, secrets = _AUTH_CASES[kind]
+    if kind == "oauth2":
+        block_fields = {**block_fields, "token_url": rig.erp.token_url}
+    rig.erp.configure(
+        {
+            "require_auth": require_auth,
+            "oauth": {"client_id": "rossflow", "client_secret": "oauth-cs-5566"},
+            "echo_errors": True,
+        },
+        merge=True,
+    )
+    ids = rig.sandbox.seed(queue=1, count=2, status="confirmed")
+    items = await _export(rig, ids)
+    bad = _value(items[0], "invoice_id")
+    rig.erp.configure(
+        {"fail_when_body_contains": {bad: {"status": 422, "body": {"error": "rejected"}}}},
+        merge=True,
+    )
+    block = RestTarget(base_url=rig.erp.url, max_attempts=1, **block_fields)
+    rig.targets = lambda: Targets(rest={"erp": block})  # type: ignore[method-assign]
+    pipeline = ERP_PIPELINE.replace(
+        "request: {url: /api/invoices, method: POST,",
+        'request: {url: /api/invoices, method: POST, headers: {X-Trace: "{secret.trace}"},',
+    )
+    caplog.set_level(logging.DEBUG)
+    reports = {
+        r.annotation_id: r
+        for r in await rig.run(pipeline, ids, secrets={"trace": SecretStr("pipe-secret-7788")})
+    }
+    assert reports[ids[1]].outcome == "exported"
+    failed = reports[ids[0]]
+    assert failed.outcome == "failed_export" and "rejected" in failed.message
+    secrets = [*secrets, "pipe-secret-7788", *rig.erp.state._tokens]
+    assert len(secrets) >= (3 if kind == "oauth2" else 2)  # oauth2: the run-time token too
+    # the ERP did echo the request: the stored reply quotes it, masked
+    stored = (rig.state / "artifacts" / str(ids[0]) / "post_invoice" / "response.body").read_text()
+    assert '"request"' in stored and "***" in stored
+    quoted = {
+        "report": failed.message,
+        "rossum message": json.dumps((await rig.annotation(ids[0]))["messages"]),
+        "logs": caplog.text,
+    }
+    for path in rig.state.rglob("*"):
+        if path.is_file():
+            quoted[str(path)] = path.read_bytes().decode("utf-8", "replace")
+    for where, text in quoted.items():
+        for secret in secrets:
+            assert secret not in text, f"{secret!r} in {where}"
