@@ -255,6 +255,10 @@ class DeliveryResult:
     attempts: int
     url: str
     idempotency_key: str | None = None
+    # What each attempt ended in ("HTTP 503", "ReadTimeout (…)"), and whether one that failed
+    # may have reached the target and been processed (timeout, 5xx, dropped connection).
+    history: tuple[str, ...] = ()
+    maybe_processed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -286,11 +290,15 @@ class DeliveryError(Exception):
         method: str = "POST",
         attempts: int = 0,
         cause: BaseException | None = None,
+        history: tuple[str, ...] = (),
+        maybe_processed: bool = False,
     ) -> None:
         self.url = safe_url(url)
         self.method = method
         self.attempts = attempts
         self.cause = cause
+        self.history = history
+        self.maybe_processed = maybe_processed
         super().__init__(message)
 
 
@@ -483,6 +491,23 @@ def _describe(exc: BaseException, endpoint: RestEndpoint) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _may_have_arrived(exc: BaseException) -> bool:
+    """Could the target have received (and processed) the request despite this failure?
+
+    Only failures before anything was sent are certain: no connection, no free connection, a
+    refused token request (the request itself was never sent), a request we could not build.
+    """
+    not_sent = (
+        httpx.ConnectError,
+        httpx.ConnectTimeout,
+        httpx.PoolTimeout,
+        httpx.UnsupportedProtocol,
+        httpx.LocalProtocolError,
+        _RetryableTokenError,
+    )
+    return not isinstance(exc, not_sent)
+
+
 def _is_transient(exc: BaseException) -> bool:
     """Worth another attempt? A bad URL scheme or an untrusted certificate will not heal."""
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
@@ -519,6 +544,8 @@ async def deliver(
     sent = 0
     policy_attempt = 0
     refreshed_after_401 = False
+    history: list[str] = []
+    maybe_processed = False
     while True:
         policy_attempt += 1
         sent += 1
@@ -537,6 +564,8 @@ async def deliver(
                 endpoint.method, target_url, headers=request_headers, **kwargs
             )
         except (httpx.TransportError, _RetryableTokenError) as exc:
+            history.append(_describe(exc, endpoint))
+            maybe_processed = maybe_processed or _may_have_arrived(exc)
             if policy_attempt >= policy.max_attempts or not _is_transient(exc):
                 raise DeliveryError(
                     f"{endpoint.method} {shown_url} failed after {sent} attempt(s): "
@@ -545,14 +574,21 @@ async def deliver(
                     method=endpoint.method,
                     attempts=sent,
                     cause=exc,
+                    history=tuple(history),
+                    maybe_processed=maybe_processed,
                 ) from exc
             await sleep(policy.backoff(policy_attempt))
             continue
         except DeliveryError as exc:
+            history.append(str(exc))
             exc.attempts = sent
+            exc.history = tuple(history)
+            exc.maybe_processed = maybe_processed
             raise
 
         status = response.status_code
+        history.append(f"HTTP {status}")
+        maybe_processed = maybe_processed or status >= 500
         if (
             status == 401
             and isinstance(endpoint.auth, OAuth2ClientCredentials)
@@ -577,6 +613,8 @@ async def deliver(
             attempts=sent,
             url=shown_url,
             idempotency_key=idempotency_key,
+            history=tuple(history),
+            maybe_processed=maybe_processed,
         )
 
 

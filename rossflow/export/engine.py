@@ -79,7 +79,9 @@ from .steps import (
 
 log = logging.getLogger("rossflow.export")
 
-Outcome = Literal["exported", "failed_export", "failed_kept_confirmed", "dry_run", "not_moved"]
+Outcome = Literal[
+    "exported", "failed_export", "failed_uncertain", "failed_kept_confirmed", "dry_run", "not_moved"
+]
 OnFailure = Literal["failed_export", "keep_confirmed"]
 
 # Largest reply body kept in the ledger for reuse on a rerun (larger ones are truncated).
@@ -660,8 +662,12 @@ class ExportEngine:
         if done is not None and "record" in done.result:
             record = _record_from_ledger(done.result["record"])
             state = "already_delivered"
+            history: tuple[str, ...] = ()
+            maybe_processed = False
         else:
-            record = await self._send(step, doc, endpoint, req, key, auth, secrets)
+            record, history, maybe_processed = await self._send(
+                step, doc, endpoint, req, key, auth, secrets
+            )
             state = "delivered"
         doc.last_http_status = int(record["status_code"])
         meta = {k: record.get(k) for k in ("status_code", "raw", "url", "elapsed_s")}
@@ -695,6 +701,13 @@ class ExportEngine:
         )
         if outcome.status == "warning" and outcome.message:
             doc.warnings.append(outcome.message)
+        if outcome.status == "error" and outcome.error is not None and history:
+            # A POST whose failed attempts may have been processed may have created the
+            # document: say so, or an operator's retry may book it twice.
+            if endpoint.method == "POST" and maybe_processed:
+                outcome.error.mark_delivery(uncertain=True, attempts=history)
+            elif int(record["status_code"]) >= 400:
+                outcome.error.mark_delivery(uncertain=False, attempts=history)
         outcome.raise_for_status()
         return True
 
@@ -707,8 +720,12 @@ class ExportEngine:
         key: str,
         auth: AuthConfig | None,
         secrets: dict[str, Any],
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], tuple[str, ...], bool]:
+        """The reply record, what each attempt ended in, and whether a failed attempt may have
+        been processed by the target."""
         client = await self._http_client(endpoint)
+        history: tuple[str, ...] = ()
+        maybe_processed = False
         headers = {k: v for k, v in req.headers.items() if k.lower() != "content-type"}
         body = _body_for(req)
         try:
@@ -717,6 +734,7 @@ class ExportEngine:
             )
             if result.status_code == 401 and auth is not None:
                 # Rossum's REST export re-authenticates on any 401 and tries once more.
+                history, maybe_processed = result.history, result.maybe_processed
                 await self._auth_token(auth, step, secrets, refresh=True)
                 req = prepare_request(step, doc.ctx, secrets=secrets)
                 headers = {k: v for k, v in req.headers.items() if k.lower() != "content-type"}
@@ -729,21 +747,33 @@ class ExportEngine:
                     redactor=self.redactor,
                 )
         except rest_delivery.DeliveryError as exc:
-            self.ledger.finish(key, ok=False, result={"error": self.redactor(str(exc))})
-            raise DeliveryError(
+            history += exc.history
+            maybe_processed = maybe_processed or exc.maybe_processed
+            self.ledger.finish(
+                key,
+                ok=False,
+                result={"error": self.redactor(str(exc)), "attempts": list(history)},
+            )
+            error = DeliveryError(
                 f"could not deliver after {exc.attempts} attempt(s): {exc}",
                 step=step.name,
                 target=endpoint.display_name,
                 secrets=self.redactor,
                 retryable=True,
-            ) from exc
-        return build_response_record(
+            )
+            error.mark_delivery(
+                uncertain=endpoint.method == "POST" and maybe_processed,
+                attempts=[self.redactor(a) for a in history],
+            )
+            raise error from exc
+        record = build_response_record(
             result.status_code,
             result.headers,
             result.body,
             url=result.url,
             elapsed_s=result.elapsed_s,
         )
+        return record, history + result.history, maybe_processed or result.maybe_processed
 
     # -- extract / write-back ------------------------------------------------------------
 
@@ -938,15 +968,17 @@ class ExportEngine:
         async def fail(doc: DocState) -> None:
             assert doc.error is not None
             doc.message = self.redactor(doc.error.message())
+            # Counted apart: the target may have created the document (check before retrying).
+            uncertain: Outcome | None = "failed_uncertain" if doc.error.uncertain else None
             if self.dry_run or self.on_failure == "keep_confirmed":
-                doc.outcome = "failed_kept_confirmed" if not self.dry_run else "dry_run"
+                doc.outcome = "dry_run" if self.dry_run else uncertain or "failed_kept_confirmed"
                 return
             async with sem:
                 try:
                     await self.client.mark_failed_export(doc.annotation_id, doc.message)
-                    doc.outcome, doc.status = "failed_export", "failed_export"
+                    doc.outcome, doc.status = uncertain or "failed_export", "failed_export"
                 except RossumError as exc:
-                    doc.outcome = "failed_kept_confirmed"
+                    doc.outcome = uncertain or "failed_kept_confirmed"
                     doc.message += f" (could not set failed_export: {exc})"
 
         await asyncio.gather(*(fail(d) for d in failed))

@@ -60,7 +60,7 @@ async def test_flow_with_a_read_timeout_still_writes_report_table_and_summary(
     )
     assert run_state.is_completed(), run_state.message
     counts = await run_state.result()
-    assert sum(counts.values()) == 3 and counts.get("exported") == 2
+    assert counts == {"exported": 2, "failed_uncertain": 1}
     csvs = sorted((state / "reports").glob("export-*.csv"))
     assert len(csvs) == 1
     frame = pd.read_csv(csvs[0])
@@ -70,6 +70,7 @@ async def test_flow_with_a_read_timeout_still_writes_report_table_and_summary(
     assert {"export-report", "export-summary"} <= set(arts)
     table = json.loads(arts["export-report"].data)
     assert len(table) == 3
+    assert "| failed_uncertain | 1 |" in arts["export-summary"].data
 
 
 async def _export_items(sandbox, ids):
@@ -231,3 +232,49 @@ async def test_secrets_echoed_by_the_erp_are_masked_everywhere(rig, kind, caplog
     for where, text in quoted.items():
         for secret in secrets:
             assert secret not in text, f"{secret!r} in {where}"
+
+
+# -- 3. a POST that may have been processed is reported as an uncertain outcome --------------
+
+
+async def test_possibly_booked_invoices_are_reported_uncertain_not_as_plain_failures(rig):
+    from rossflow.export.engine import Targets
+    from rossflow.export.errors import UNCERTAIN_NOTE
+    from rossflow.export.report import markdown_summary
+
+    ids = rig.sandbox.seed(queue=1, count=4, status="confirmed")
+    items = await _export(rig, ids)
+    hung, down, refused = (_value(items[i], "invoice_id") for i in range(3))
+    rig.erp.configure(
+        {
+            "fail_when_body_contains": {
+                # no answer within the read timeout, every time (it may be booking them)
+                hung: {"status": 503, "latency_s": 1.5},
+                # a 5xx may come after the ERP booked the invoice
+                down: {"status": 503, "body": {"error": "maintenance"}},
+                refused: {"status": 422, "body": {"error": "unknown vendor"}},
+            }
+        },
+        merge=True,
+    )
+    block = RestTarget(base_url=rig.erp.url, max_attempts=2, read_timeout_s=0.4)
+    rig.targets = lambda: Targets(rest={"erp": block})  # type: ignore[method-assign]
+    reports = {r.annotation_id: r for r in await rig.run(ERP_PIPELINE, ids, concurrency=4)}
+    for ann_id, first, second in (
+        (ids[0], "ReadTimeout", "ReadTimeout"),
+        (ids[1], "HTTP 503", "HTTP 503"),
+    ):
+        report = reports[ann_id]
+        assert report.outcome == "failed_uncertain", report
+        assert report.status == "failed_export"
+        assert UNCERTAIN_NOTE in report.message
+        assert f"attempts: 1) {first}" in report.message and f"2) {second}" in report.message
+        messages = (await rig.annotation(ann_id))["messages"]
+        assert UNCERTAIN_NOTE in messages[0]["content"]
+    definite = reports[ids[2]]
+    assert definite.outcome == "failed_export"
+    assert "not delivered" in definite.message and UNCERTAIN_NOTE not in definite.message
+    assert reports[ids[3]].outcome == "exported"
+    summary = markdown_summary("erp", [1], list(reports.values()))
+    assert "| failed_uncertain | 2 |" in summary
+    assert "2 annotation(s) with an uncertain outcome" in summary
