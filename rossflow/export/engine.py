@@ -923,6 +923,40 @@ class ExportEngine:
 
     # -- finalize ------------------------------------------------------------------------
 
+    async def _move_exported(
+        self, queue_id: int, docs: Sequence[DocState]
+    ) -> tuple[dict[int, str], RossumError | None]:
+        """Move delivered annotations to ``exported``; returns the status each is in.
+
+        When the answer to the move is lost (the connection dropped after Rossum processed
+        it, the retry then finds nothing ``confirmed``) the annotations' real status is read
+        back with one ``GET`` filtered by their ids, so the report says what is true.
+        """
+        moved: dict[int, str] = {}
+        error: RossumError | None = None
+        try:
+            # A replayed annotation (e.g. failed_export) goes back to confirmed first, so
+            # that the move below is the same batched export call as for any other.
+            await gather_limited(
+                (
+                    self.client.set_status(d.annotation_id, "confirmed")
+                    for d in docs
+                    if d.status != "confirmed"
+                ),
+                self.concurrency,
+            )
+            moved = await self.client.move_to_status(queue_id, [d.annotation_id for d in docs])
+        except RossumError as exc:
+            error = exc
+        missing = [d.annotation_id for d in docs if moved.get(d.annotation_id) != "exported"]
+        if missing:
+            try:
+                async for item in self.client.list_annotations(ids=missing):
+                    moved[id_from_url(item["url"])] = str(item.get("status") or "")
+            except RossumError as exc:
+                log.warning("could not read back the status of %s: %s", missing[:20], exc)
+        return moved, error
+
     async def finalize(self, batch: Batch) -> list[DocReport]:
         """Move successes to ``exported`` in one call; failures to ``failed_export``."""
         ok = [d for d in batch.docs if d.error is None and not d.dry_stopped]
@@ -932,34 +966,20 @@ class ExportEngine:
                 if doc.error is None:
                     doc.outcome, doc.message = "dry_run", "rendered; nothing delivered"
         elif ok:
-            try:
-                # A replayed annotation (e.g. failed_export) goes back to confirmed first, so
-                # that the move below is the same batched export call as for any other.
-                await gather_limited(
-                    (
-                        self.client.set_status(d.annotation_id, "confirmed")
-                        for d in ok
-                        if d.status != "confirmed"
-                    ),
-                    self.concurrency,
-                )
-                moved = await self.client.move_to_status(
-                    batch.queue_id, [d.annotation_id for d in ok]
-                )
-            except RossumError as exc:
-                moved = {}
-                for doc in ok:
-                    doc.message = f"delivered, but moving to exported failed: {exc}"
+            moved, move_error = await self._move_exported(batch.queue_id, ok)
             for doc in ok:
                 status = moved.get(doc.annotation_id)
                 if status:
                     doc.status = status
                 if status == "exported":
                     doc.outcome = "exported"
-                    doc.message = doc.message or _summary(doc)
+                    doc.message = _summary(doc)
+                elif move_error is not None and status in (None, "confirmed"):
+                    doc.outcome = "not_moved"
+                    doc.message = f"delivered, but moving to exported failed: {move_error}"
                 else:
                     doc.outcome = "not_moved"
-                    doc.message = doc.message or (
+                    doc.message = (
                         f"delivered, but Rossum left it {status or 'unchanged'}; "
                         "the next run will move it"
                     )

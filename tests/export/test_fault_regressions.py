@@ -278,3 +278,29 @@ async def test_possibly_booked_invoices_are_reported_uncertain_not_as_plain_fail
     summary = markdown_summary("erp", [1], list(reports.values()))
     assert "| failed_uncertain | 2 |" in summary
     assert "2 annotation(s) with an uncertain outcome" in summary
+
+
+# -- 4. the answer to the move is lost after Rossum processed it ------------------------------
+
+
+async def test_lost_answer_to_the_move_reports_the_real_status(rig):
+    ids = rig.sandbox.seed(queue=1, count=5, status="confirmed")
+    rig.sandbox.set_faults(
+        [
+            {
+                "method": "POST",
+                "path": r"/api/v1/queues/\d+/export",
+                "kind": "drop_after",
+                "times": 1,
+            }
+        ]
+    )
+    rig.sandbox.reset_stats()
+    reports = await rig.run(ERP_PIPELINE, ids)
+    requests = rig.sandbox.stats()["requests"]
+    moves = sum(v for k, v in requests.items() if k.startswith("POST /api/v1/queues/"))
+    assert moves == 2  # the dropped one and its retry, which found nothing confirmed
+    assert requests.get("GET /api/v1/annotations") == 1  # one read-back for the batch
+    assert [r.outcome for r in reports] == ["exported"] * 5, [r.message for r in reports]
+    assert {r.status for r in reports} == {"exported"}
+    assert set((await rig.statuses(ids)).values()) == {"exported"}
