@@ -27,9 +27,11 @@ from pydantic import Field
 
 from blocks import PipelineSecrets, RestTarget, RossumCredentials, SftpServer
 from rossflow.artifacts import ArtifactStore
+from rossflow.export.batch import DocReport
 from rossflow.export.config import FileStorageStep, PipelineConfig, RestStep, S3Step, load_pipeline
-from rossflow.export.engine import DocReport, ExportEngine, Targets
+from rossflow.export.engine import ExportEngine
 from rossflow.export.report import markdown_summary, write_report_csv
+from rossflow.export.targets import Targets
 from rossflow.ledger import Ledger
 from rossflow.rossum import RossumClient, chunked, id_from_url
 from tasks.export import finalize_batch, prepare_batch, run_step

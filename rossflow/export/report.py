@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from .engine import DocReport
+from .batch import DocReport
 from .tabular import run_report_frame
 
 OUTCOME_NOTES = {

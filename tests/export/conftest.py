@@ -10,8 +10,10 @@ import pytest
 
 from blocks import RestTarget
 from rossflow.artifacts import ArtifactStore
+from rossflow.export.batch import DocReport
 from rossflow.export.config import load_pipeline
-from rossflow.export.engine import DocReport, ExportEngine, Targets
+from rossflow.export.engine import ExportEngine
+from rossflow.export.targets import Targets
 from rossflow.ledger import Ledger
 from rossflow.rossum import RetryPolicy, RossumClient
 

@@ -119,7 +119,7 @@ async def test_run_report_csv_reads_back_with_the_documented_columns_filled(rig,
 
 
 async def test_failures_name_block_and_url_without_credentials(rig):
-    from rossflow.export.engine import Targets
+    from rossflow.export.targets import Targets
 
     ids = rig.sandbox.seed(queue=1, count=2, status="confirmed")
     items = await _export(rig, ids)
@@ -182,7 +182,7 @@ async def test_secrets_echoed_by_the_erp_are_masked_everywhere(rig, kind, caplog
 
     from pydantic import SecretStr
 
-    from rossflow.export.engine import Targets
+    from rossflow.export.targets import Targets
 
     block_fields, require_auth, secrets = _AUTH_CASES[kind]
     if kind == "oauth2":
@@ -238,9 +238,9 @@ async def test_secrets_echoed_by_the_erp_are_masked_everywhere(rig, kind, caplog
 
 
 async def test_possibly_booked_invoices_are_reported_uncertain_not_as_plain_failures(rig):
-    from rossflow.export.engine import Targets
     from rossflow.export.errors import UNCERTAIN_NOTE
     from rossflow.export.report import markdown_summary
+    from rossflow.export.targets import Targets
 
     ids = rig.sandbox.seed(queue=1, count=4, status="confirmed")
     items = await _export(rig, ids)
