@@ -13,6 +13,7 @@ from rossflow.artifacts import ArtifactStore
 from rossflow.export.batch import DocReport
 from rossflow.export.config import load_pipeline
 from rossflow.export.engine import ExportEngine
+from rossflow.export.run import engine_steps, export_queue
 from rossflow.export.targets import Targets
 from rossflow.ledger import Ledger
 from rossflow.rossum import RetryPolicy, RossumClient
@@ -63,20 +64,23 @@ class ExportRig:
         **engine_kw: Any,
     ) -> list[DocReport]:
         config = load_pipeline(pipeline)
-        async with self.client() as client:
-            items = await client.export(queue, ids=ids)
-            async with ExportEngine(
-                config,
+        async with self.client() as client, ExportEngine(
+            config,
+            client,
+            ledger=Ledger(self.state / "ledger.db"),
+            artifacts=ArtifactStore(self.state / "artifacts"),
+            targets=self.targets(),
+            **engine_kw,
+        ) as engine:
+            # the flow's run loop, driven by the engine's own methods: one batch of ``ids``
+            return await export_queue(
                 client,
-                ledger=Ledger(self.state / "ledger.db"),
-                artifacts=ArtifactStore(self.state / "artifacts"),
-                targets=self.targets(),
-                **engine_kw,
-            ) as engine:
-                batch = await engine.new_batch(queue, items)
-                for step in config.topological_order():
-                    await engine.run_step(batch, step.name)
-                return await engine.finalize(batch)
+                queue,
+                [step.name for step in config.topological_order()],
+                engine_steps(engine),
+                batch_size=max(1, len(ids)),
+                annotation_ids=ids,
+            )
 
     async def statuses(self, ids: list[int]) -> dict[int, str]:
         async with self.client() as client:
