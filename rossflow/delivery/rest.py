@@ -23,7 +23,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import random
 import ssl
 import threading
 import time
@@ -36,10 +35,15 @@ from typing import Annotated, Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from rossflow.http import (
+    RetryPolicy,
+    Timeouts,
+    async_transport,
+    may_have_arrived,
+    parse_retry_after,
+    safe_url,
+)
 from rossflow.redaction import Redactor
-from rossflow.rossum.errors import safe_url
-from rossflow.rossum.policy import parse_retry_after
-from rossflow.transport import async_transport
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
@@ -126,36 +130,18 @@ class TlsConfig(_Model):
         return ctx
 
 
-class RestTimeouts(_Model):
-    """Seconds. Generous read timeout by default: ERPs are slow to book a document."""
+class RestRetryPolicy(RetryPolicy):
+    """REST delivery's preset of the shared policy: every 5xx is retried (the
+    ``Idempotency-Key`` makes a repeat safe). A ``Retry-After`` longer than
+    ``max_retry_after_s`` ends the retries and the answer is returned as is: waiting that long
+    inside one delivery would only hold a worker."""
 
-    connect: float = 10.0
-    read: float = 120.0
-    write: float = 120.0
-    pool: float = 30.0
-
-    def to_httpx(self) -> httpx.Timeout:
-        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
-
-
-class RestRetryPolicy(_Model):
-    """Exponential backoff with jitter; ``Retry-After`` wins when the server sends one.
-
-    A ``Retry-After`` longer than ``max_retry_after_s`` ends the retries and the answer is
-    returned as is: waiting that long inside one delivery would only hold a worker.
-    """
-
-    max_attempts: int = Field(default=5, ge=1)
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    jitter: float = Field(default=0.25, ge=0, le=1)
-    max_retry_after_s: float = 300.0
     retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
 
-    def backoff(self, attempt: int) -> float:
-        """Delay after failed attempt number ``attempt`` (counting from 1)."""
-        base = min(self.backoff_max_s, self.backoff_initial_s * (2 ** (attempt - 1)))
-        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+def rest_timeouts() -> Timeouts:
+    """Generous read/write timeouts by default: ERPs are slow to book a document."""
+    return Timeouts(read=120.0, write=120.0)
 
 
 class RestEndpoint(_Model):
@@ -167,7 +153,7 @@ class RestEndpoint(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     auth: RestAuth = Field(default_factory=NoAuth)
     tls: TlsConfig = Field(default_factory=TlsConfig)
-    timeouts: RestTimeouts = Field(default_factory=RestTimeouts)
+    timeouts: Timeouts = Field(default_factory=rest_timeouts)
     retry: RestRetryPolicy = Field(default_factory=RestRetryPolicy)
 
     @property
@@ -491,30 +477,6 @@ def _describe(exc: BaseException, endpoint: RestEndpoint) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _may_have_arrived(exc: BaseException) -> bool:
-    """Could the target have received (and processed) the request despite this failure?
-
-    Only failures before anything was sent are certain: no connection, no free connection, a
-    refused token request (the request itself was never sent), a request we could not build.
-    """
-    not_sent = (
-        httpx.ConnectError,
-        httpx.ConnectTimeout,
-        httpx.PoolTimeout,
-        httpx.UnsupportedProtocol,
-        httpx.LocalProtocolError,
-        _RetryableTokenError,
-    )
-    return not isinstance(exc, not_sent)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Worth another attempt? A bad URL scheme or an untrusted certificate will not heal."""
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
-        return False
-    return not (isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc))
-
-
 async def deliver(
     client: httpx.AsyncClient,
     endpoint: RestEndpoint,
@@ -565,8 +527,11 @@ async def deliver(
             )
         except (httpx.TransportError, _RetryableTokenError) as exc:
             history.append(_describe(exc, endpoint))
-            maybe_processed = maybe_processed or _may_have_arrived(exc)
-            if policy_attempt >= policy.max_attempts or not _is_transient(exc):
+            # a refused token request means the request itself was never sent
+            sent_it = not isinstance(exc, _RetryableTokenError) and may_have_arrived(exc)
+            maybe_processed = maybe_processed or sent_it
+            # the Idempotency-Key makes any method safe to repeat
+            if not policy.retry_error(exc, attempt=policy_attempt, idempotent=True):
                 raise DeliveryError(
                     f"{endpoint.method} {shown_url} failed after {sent} attempt(s): "
                     f"{_describe(exc, endpoint)}",
@@ -598,7 +563,7 @@ async def deliver(
             cache.invalidate(endpoint.auth, used_token)
             policy_attempt -= 1
             continue
-        if status in policy.retry_statuses and policy_attempt < policy.max_attempts:
+        if policy.retry_status(status, attempt=policy_attempt, idempotent=True):
             delay = parse_retry_after(response.headers.get("Retry-After"))
             if delay is None:
                 delay = policy.backoff(policy_attempt)

@@ -26,8 +26,8 @@ from rossflow.delivery.rest import (
     RawBody,
     RestEndpoint,
     RestRetryPolicy,
-    RestTimeouts,
 )
+from rossflow.http import Timeouts, join_url
 from rossflow.ledger import Ledger
 from rossflow.redaction import Redactor
 
@@ -112,7 +112,7 @@ class RestSender:
             if isinstance(target, RestEndpoint):
                 return target.model_copy(
                     update={
-                        "url": _join(target.url, url),
+                        "url": join_url(target.url, url),
                         "method": req.method,
                         "name": step.target,
                     }
@@ -126,7 +126,7 @@ class RestSender:
         return RestEndpoint(
             url=url,
             method=req.method,  # type: ignore[arg-type]
-            timeouts=RestTimeouts(read=timeout, write=timeout),
+            timeouts=Timeouts(read=timeout, write=timeout),
             retry=RestRetryPolicy(max_attempts=retries + 1),
         )
 
@@ -142,7 +142,7 @@ class RestSender:
                 endpoint = RestEndpoint(
                     url=req.url,
                     method=req.method,  # type: ignore[arg-type]
-                    timeouts=RestTimeouts(read=req.timeout_s, write=req.timeout_s),
+                    timeouts=Timeouts(read=req.timeout_s, write=req.timeout_s),
                 )
                 client = await self._http_client(endpoint)
                 try:
@@ -394,9 +394,3 @@ def _preview(req: PreparedRequest) -> bytes:
         names = {k: (v[0], v[2], len(v[1])) for k, v in req.files.items()}
         return json.dumps({"files": names, "fields": req.data or {}}, indent=2).encode()
     return json.dumps(req.data or {}, indent=2).encode()
-
-
-def _join(base: str, url: str) -> str:
-    if url.startswith(("http://", "https://")):
-        return url
-    return base.rstrip("/") + "/" + url.lstrip("/")

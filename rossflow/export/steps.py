@@ -44,7 +44,7 @@ from rossflow.export.filenames import FilenameRenderer, SequenceCounter
 from rossflow.export.placeholders import PlaceholderResolver, condition_passes, resolver_for
 from rossflow.export.tabular import annotation_rows, frame_to_csv, frame_to_xlsx, rows_to_frame
 from rossflow.export.templating import CONTENT_TYPES, RenderedFile, render_step, render_text
-from rossflow.rossum.errors import safe_url
+from rossflow.http import safe_url
 
 __all__ = [
     "EvaluateOutcome",
