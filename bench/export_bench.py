@@ -40,6 +40,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,16 +280,19 @@ def render_invoice(item: dict[str, Any]) -> tuple[int, bytes, str]:
 async def _direct(spec: dict[str, Any], window: _Window) -> dict[str, Any]:
     import httpx
 
+    from rossflow.export.run import in_flight
+
     rossum = _Rossum(spec["api_url"], spec["rate"], window)
-    in_flight = spec["concurrency"] * spec["batches_in_flight"]
+    docs_in_flight = spec["concurrency"] * spec["batches_in_flight"]
     erp = httpx.AsyncClient(
         timeout=120,
-        limits=httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight),
+        limits=httpx.Limits(
+            max_connections=docs_in_flight, max_keepalive_connections=docs_in_flight
+        ),
     )
     erp_url = spec["erp_url"] + "/api/invoices"
     export = f"/v1/queues/{QUEUE}/export"
-    doc_slots = asyncio.Semaphore(in_flight)
-    page_slots = asyncio.Semaphore(spec["batches_in_flight"])
+    doc_slots = asyncio.Semaphore(docs_in_flight)
     exported = failed = 0
 
     async def deliver(item: dict[str, Any]) -> int | None:
@@ -301,41 +305,28 @@ async def _direct(spec: dict[str, Any], window: _Window) -> dict[str, Any]:
             )
         return ann_id if resp.status_code == 201 else None
 
-    async def process(items: list[dict[str, Any]]) -> None:
+    async def process(items: list[dict[str, Any]], batch_no: int) -> None:
         nonlocal exported, failed
-        try:
-            ok = [i for i in await asyncio.gather(*(deliver(it) for it in items)) if i]
-            failed += len(items) - len(ok)
-            if ok:
-                moved = await rossum.call(
-                    "POST",
-                    export,
-                    params={
-                        "format": "json",
-                        "to_status": "exported",
-                        "status": "confirmed",
-                        "id": ",".join(map(str, ok)),
-                        "page_size": len(ok),
-                    },
-                )
-                exported += sum(1 for r in moved["results"] if r.get("status") == "exported")
-        finally:
-            page_slots.release()
-
-    async with rossum.http, erp:
-        await rossum.login()
-        total = (
-            await rossum.call(
-                "GET",
-                "/v1/annotations",
-                params={"queue": QUEUE, "status": "confirmed", "page_size": 1},
+        ok = [i for i in await asyncio.gather(*(deliver(it) for it in items)) if i]
+        failed += len(items) - len(ok)
+        if ok:
+            moved = await rossum.call(
+                "POST",
+                export,
+                params={
+                    "format": "json",
+                    "to_status": "exported",
+                    "status": "confirmed",
+                    "id": ",".join(map(str, ok)),
+                    "page_size": len(ok),
+                },
             )
-        )["pagination"]["total"]
+            exported += sum(1 for r in moved["results"] if r.get("status") == "exported")
+
+    async def pages(total: int) -> AsyncIterator[list[dict[str, Any]]]:
         size = spec["batch_size"]
-        tasks = []
         # Last page first (ordered by id): moving page n out of `confirmed` cannot shift 1..n-1.
         for page in range(math.ceil(total / size), 0, -1):
-            await page_slots.acquire()
             body = await rossum.call(
                 "GET",
                 export,
@@ -347,8 +338,19 @@ async def _direct(spec: dict[str, Any], window: _Window) -> dict[str, Any]:
                     "page_size": size,
                 },
             )
-            tasks.append(asyncio.create_task(process(body["results"])))
-        await asyncio.gather(*tasks)
+            yield body["results"]
+
+    async with rossum.http, erp:
+        await rossum.login()
+        total = (
+            await rossum.call(
+                "GET",
+                "/v1/annotations",
+                params={"queue": QUEUE, "status": "confirmed", "page_size": 1},
+            )
+        )["pagination"]["total"]
+        # the export flow's own batches-in-flight loop (rossflow.export.run)
+        await in_flight(pages(total), process, spec["batches_in_flight"])
     return {"exported": exported, "failed": failed, "client_requests": rossum.requests}
 
 

@@ -37,9 +37,10 @@ steps:
 async def measure(n: int) -> None:
     from blocks import RestTarget
     from rossflow.artifacts import ArtifactStore
-    from rossflow.export.engine import ExportEngine, Targets
+    from rossflow.export.engine import ExportEngine
     from rossflow.export.exported_since import ExportedSince
     from rossflow.export.loading import load_pipeline
+    from rossflow.export.targets import Targets
     from rossflow.ledger import Ledger
     from rossflow.localstack.erp import ErpServer
     from rossflow.rossum import RossumClient

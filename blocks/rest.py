@@ -15,9 +15,9 @@ from rossflow.delivery.rest import (
     OAuth2ClientCredentials,
     RestEndpoint,
     RestRetryPolicy,
-    RestTimeouts,
     TlsConfig,
 )
+from rossflow.http import Timeouts, join_url
 
 
 class RestTarget(Block):
@@ -71,7 +71,7 @@ class RestTarget(Block):
         return RestEndpoint(
             url=join_url(self.base_url, url),
             method=method,  # type: ignore[arg-type]
-            name=self._block_document_name or self.base_url,
+            name=self._block_document_name,
             headers=dict(self.headers),
             auth=auth,
             tls=TlsConfig(
@@ -79,18 +79,10 @@ class RestTarget(Block):
                 client_cert=self.client_cert,
                 client_key=self.client_key,
             ),
-            timeouts=RestTimeouts(
+            timeouts=Timeouts(
                 connect=self.connect_timeout_s,
                 read=self.read_timeout_s,
                 write=self.read_timeout_s,
             ),
             retry=RestRetryPolicy(max_attempts=self.max_attempts),
         )
-
-
-def join_url(base: str, url: str | None) -> str:
-    if not url:
-        return base
-    if url.startswith(("http://", "https://")):
-        return url
-    return base.rstrip("/") + "/" + url.lstrip("/")

@@ -9,8 +9,6 @@
 Anything the run cannot finish stays ``confirmed`` and is picked up by the next run.
 """
 
-
-import asyncio
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,13 +25,15 @@ from pydantic import Field
 
 from blocks import PipelineSecrets, RestTarget, RossumCredentials, SftpServer
 from rossflow.artifacts import ArtifactStore
+from rossflow.export.batch import DocReport
 from rossflow.export.config import FileStorageStep, PipelineConfig, RestStep, S3Step
-from rossflow.export.engine import DocReport, ExportEngine, Targets
+from rossflow.export.engine import ExportEngine
 from rossflow.export.loading import load_pipeline
-from rossflow.export.replay import refusal_reports, select_for_replay
 from rossflow.export.report import markdown_summary, write_report_csv
+from rossflow.export.run import BatchSteps, count_outcomes, run_export
+from rossflow.export.targets import Targets
 from rossflow.ledger import Ledger
-from rossflow.rossum import RossumClient, chunked, id_from_url
+from rossflow.rossum import id_from_url
 from tasks.export import finalize_batch, prepare_batch, run_step
 
 
@@ -110,17 +110,24 @@ async def export_confirmed(
     targets = await resolve_targets(config)
     state = Path(state_dir)
     ledger = Ledger(state / "ledger.db")
-    artifacts = ArtifactStore(state / "artifacts")
-    reports: list[DocReport] = []
     client = creds.get_client()
     order = [s.name for s in config.topological_order()]
+
+    def steps_of(queue_id: int) -> list[str]:
+        # A hook's `queues` decides which steps form this queue's chain.
+        steps = [s.name for s in config.steps_for_queue(queue_id)]
+        left_out = [n for n in order if n not in steps]
+        if left_out:
+            logger.info("queue %s: steps of other queues not run: %s", queue_id, left_out)
+        return steps
+
     async with (
         client,
         ExportEngine(
             config,
             client,
             ledger=ledger,
-            artifacts=artifacts,
+            artifacts=ArtifactStore(state / "artifacts"),
             targets=targets,
             secrets=secrets,
             concurrency=concurrency,
@@ -128,26 +135,70 @@ async def export_confirmed(
             on_failure=on_failure,
         ) as engine,
     ):
-        for queue_id in queues:
-            # A hook's `queues` decides which steps form this queue's chain.
-            steps = [s.name for s in config.steps_for_queue(queue_id)]
-            left_out = [n for n in order if n not in steps]
-            if left_out:
-                logger.info("queue %s: steps of other queues not run: %s", queue_id, left_out)
-            reports += await _export_queue(
-                engine,
-                client,
-                queue_id,
-                steps,
-                batch_size,
-                batches_in_flight,
-                annotation_ids,
-                force=force,
-            )
+        # pages → prepare batch → step 1 → step 2 → … → finalize, batches_in_flight at a time
+        reports = await run_export(
+            client,
+            queues,
+            steps_of,
+            _task_steps(engine),
+            batch_size=batch_size,
+            batches_in_flight=batches_in_flight,
+            annotation_ids=annotation_ids,
+            force=force,
+            ledger=None if dry_run else ledger,
+            progress=_ProgressArtifacts().update,
+            logger=logger,
+        )
     ledger.close()
-    counts: dict[str, int] = {}
-    for r in reports:
-        counts[r.outcome] = counts.get(r.outcome, 0) + 1
+    counts = count_outcomes(reports)
+    await _publish_report(config, queues, reports, state, dry_run=dry_run)
+    logger.info("export finished: %s", counts or "nothing to export")
+    return counts
+
+
+def _task_steps(engine: ExportEngine) -> BatchSteps:
+    """The Prefect tasks as the run loop's batch steps (one task per step per batch).
+
+    quote(): otherwise Prefect walks every object inside the task arguments (a batch of 100
+    holds ~75k) looking for futures: ~70 ms of CPU per document in bench/.
+    """
+    return BatchSteps(
+        prepare=lambda queue_id, no, items: prepare_batch(
+            quote(engine), queue_id, no, quote(items)
+        ),
+        run_step=lambda batch, name, queue_id, no: run_step(
+            quote(engine), quote(batch), name, queue_id, no
+        ),
+        finalize=lambda batch, queue_id, no: finalize_batch(
+            quote(engine), quote(batch), queue_id, no
+        ),
+    )
+
+
+class _ProgressArtifacts:
+    """One progress artifact per queue, created when the queue starts."""
+
+    def __init__(self) -> None:
+        self._ids: dict[int, Any] = {}
+
+    async def update(self, queue_id: int, done: int, total: int) -> None:
+        if queue_id not in self._ids:
+            self._ids[queue_id] = await acreate_progress_artifact(
+                0.0, key=f"export-progress-q{queue_id}", description=f"Export of queue {queue_id}"
+            )
+        if done:
+            await aupdate_progress_artifact(self._ids[queue_id], min(100.0, 100.0 * done / total))
+
+
+async def _publish_report(
+    config: PipelineConfig,
+    queues: list[int],
+    reports: list[DocReport],
+    state: Path,
+    *,
+    dry_run: bool,
+) -> None:
+    """CSV run report, table artifact (one row per annotation) and markdown summary."""
     run_name = flow_run.get_name() or "local"
     csv_path = write_report_csv(reports, state / "reports" / f"export-{run_name}.csv")
     await acreate_table_artifact(
@@ -167,103 +218,6 @@ async def export_confirmed(
         key="export-summary",
         description="Export run summary",
     )
-    logger.info("export finished: %s", counts or "nothing to export")
-    return counts
-
-
-async def _export_queue(
-    engine: ExportEngine,
-    client: RossumClient,
-    queue_id: int,
-    order: list[str],
-    batch_size: int,
-    batches_in_flight: int,
-    annotation_ids: list[int] | None,
-    *,
-    force: bool = False,
-) -> list[DocReport]:
-    logger = get_run_logger()
-    if annotation_ids:
-        total = len(annotation_ids)
-    else:
-        total = await client.count_annotations(queue_id, "confirmed")
-    logger.info("queue %s: %s annotation(s) to export", queue_id, total)
-    if total == 0:
-        return []
-    progress_id = await acreate_progress_artifact(
-        0.0, key=f"export-progress-q{queue_id}", description=f"Export of queue {queue_id}"
-    )
-    reports: list[DocReport] = []
-    slots = asyncio.Semaphore(batches_in_flight)
-    running: set[asyncio.Task[None]] = set()
-    batch_no = 0
-
-    async def process(items: list[dict[str, Any]], no: int) -> None:
-        # quote(): otherwise Prefect walks every object inside the task arguments (a batch of
-        # 100 holds ~75k) looking for futures: ~70 ms of CPU per document in bench/.
-        try:
-            batch = await prepare_batch(quote(engine), queue_id, no, quote(items))
-            if annotation_ids:
-                batch.any_status = True
-            for name in order:
-                await run_step(quote(engine), quote(batch), name, queue_id, no)
-            done = await finalize_batch(quote(engine), quote(batch), queue_id, no)
-            reports.extend(done)
-            for report in done:
-                if report.warnings:
-                    logger.warning("annotation %s: %s", report.annotation_id, report.warnings)
-            await aupdate_progress_artifact(progress_id, min(100.0, 100.0 * len(reports) / total))
-            logger.info("queue %s batch %s: %s", queue_id, no, _count(done))
-        finally:
-            slots.release()
-
-    refusals: list[DocReport] = []
-    missing: list[int] = []
-
-    async def pages() -> Any:
-        if annotation_ids:
-            for chunk in chunked(annotation_ids, batch_size):
-                items = await client.export(queue_id, ids=chunk)
-                chosen = select_for_replay(
-                    items, chunk, force=force, ledger=None if engine.dry_run else engine.ledger
-                )
-                for refusal in chosen.refused:
-                    logger.warning("queue %s: %s", queue_id, refusal.message)
-                refusals.extend(refusal_reports(chosen.refused, queue_id))
-                missing.extend(chosen.missing)
-                yield chosen.accepted
-        else:
-            async for page in client.export_pages(queue_id, page_size=batch_size, total=total):
-                yield page
-
-    outcomes: list[BaseException | None] = []
-    try:
-        async for page in pages():
-            if not page:
-                continue
-            await slots.acquire()
-            batch_no += 1
-            task = asyncio.create_task(process(page, batch_no))
-            running.add(task)
-            task.add_done_callback(running.discard)
-    finally:
-        # Batches already started finish (and move their annotations) even when reading the
-        # next page failed: the client they use closes when this function returns.
-        if running:
-            outcomes = await asyncio.gather(*running, return_exceptions=True)
-    errors = [o for o in outcomes if isinstance(o, BaseException)]
-    if errors:
-        raise errors[0]
-    if missing:
-        logger.warning("queue %s: not in this queue: %s", queue_id, missing[:20])
-    return reports + refusals
-
-
-def _count(reports: list[DocReport]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in reports:
-        out[r.outcome] = out.get(r.outcome, 0) + 1
-    return out
 
 
 __all__ = ["export_confirmed", "id_from_url", "load_pipeline_source"]

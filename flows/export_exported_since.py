@@ -21,7 +21,8 @@ from pydantic import Field
 from blocks import PipelineSecrets, RossumCredentials
 from flows.export import load_pipeline_source, resolve_targets
 from rossflow.artifacts import ArtifactStore
-from rossflow.export.engine import DocReport, ExportEngine
+from rossflow.export.batch import DocReport
+from rossflow.export.engine import ExportEngine
 from rossflow.export.exported_since import ExportedSince, ExportedSinceResult
 from rossflow.export.report import markdown_summary, write_report_csv
 from rossflow.ledger import Ledger

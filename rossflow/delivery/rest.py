@@ -23,7 +23,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import random
 import ssl
 import threading
 import time
@@ -36,9 +35,15 @@ from typing import Annotated, Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from rossflow.rossum.errors import safe_url
-from rossflow.rossum.policy import parse_retry_after
-from rossflow.transport import async_transport
+from rossflow.http import (
+    RetryPolicy,
+    Timeouts,
+    async_transport,
+    may_have_arrived,
+    parse_retry_after,
+    safe_url,
+)
+from rossflow.redaction import Redactor
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
@@ -125,36 +130,18 @@ class TlsConfig(_Model):
         return ctx
 
 
-class RestTimeouts(_Model):
-    """Seconds. Generous read timeout by default: ERPs are slow to book a document."""
+class RestRetryPolicy(RetryPolicy):
+    """REST delivery's preset of the shared policy: every 5xx is retried (the
+    ``Idempotency-Key`` makes a repeat safe). A ``Retry-After`` longer than
+    ``max_retry_after_s`` ends the retries and the answer is returned as is: waiting that long
+    inside one delivery would only hold a worker."""
 
-    connect: float = 10.0
-    read: float = 120.0
-    write: float = 120.0
-    pool: float = 30.0
-
-    def to_httpx(self) -> httpx.Timeout:
-        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
-
-
-class RestRetryPolicy(_Model):
-    """Exponential backoff with jitter; ``Retry-After`` wins when the server sends one.
-
-    A ``Retry-After`` longer than ``max_retry_after_s`` ends the retries and the answer is
-    returned as is: waiting that long inside one delivery would only hold a worker.
-    """
-
-    max_attempts: int = Field(default=5, ge=1)
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    jitter: float = Field(default=0.25, ge=0, le=1)
-    max_retry_after_s: float = 300.0
     retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
 
-    def backoff(self, attempt: int) -> float:
-        """Delay after failed attempt number ``attempt`` (counting from 1)."""
-        base = min(self.backoff_max_s, self.backoff_initial_s * (2 ** (attempt - 1)))
-        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+def rest_timeouts() -> Timeouts:
+    """Generous read/write timeouts by default: ERPs are slow to book a document."""
+    return Timeouts(read=120.0, write=120.0)
 
 
 class RestEndpoint(_Model):
@@ -166,12 +153,14 @@ class RestEndpoint(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     auth: RestAuth = Field(default_factory=NoAuth)
     tls: TlsConfig = Field(default_factory=TlsConfig)
-    timeouts: RestTimeouts = Field(default_factory=RestTimeouts)
+    timeouts: Timeouts = Field(default_factory=rest_timeouts)
     retry: RestRetryPolicy = Field(default_factory=RestRetryPolicy)
 
     @property
     def display_name(self) -> str:
-        return self.name or safe_url(self.url)
+        """How messages name the target: block name and URL (never its credentials)."""
+        url = safe_url(self.url)
+        return f"{self.name} ({url})" if self.name and self.name != url else url
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,6 +241,10 @@ class DeliveryResult:
     attempts: int
     url: str
     idempotency_key: str | None = None
+    # What each attempt ended in ("HTTP 503", "ReadTimeout (…)"), and whether one that failed
+    # may have reached the target and been processed (timeout, 5xx, dropped connection).
+    history: tuple[str, ...] = ()
+    maybe_processed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -283,11 +276,15 @@ class DeliveryError(Exception):
         method: str = "POST",
         attempts: int = 0,
         cause: BaseException | None = None,
+        history: tuple[str, ...] = (),
+        maybe_processed: bool = False,
     ) -> None:
         self.url = safe_url(url)
         self.method = method
         self.attempts = attempts
         self.cause = cause
+        self.history = history
+        self.maybe_processed = maybe_processed
         super().__init__(message)
 
 
@@ -480,13 +477,6 @@ def _describe(exc: BaseException, endpoint: RestEndpoint) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _is_transient(exc: BaseException) -> bool:
-    """Worth another attempt? A bad URL scheme or an untrusted certificate will not heal."""
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
-        return False
-    return not (isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc))
-
-
 async def deliver(
     client: httpx.AsyncClient,
     endpoint: RestEndpoint,
@@ -497,12 +487,14 @@ async def deliver(
     url: str | None = None,
     token_cache: OAuth2TokenCache | None = None,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    redactor: Redactor | None = None,
 ) -> DeliveryResult:
     """Send ``body`` to ``endpoint`` (or ``url``, e.g. with a document id filled in).
 
     Retries transport errors and ``endpoint.retry.retry_statuses``; with OAuth2, a 401 triggers
     one token refresh and an immediate repeat that does not use up a retry. Returns the last
     answer whatever its status; raises :class:`DeliveryError` when no answer could be obtained.
+    ``redactor`` learns every credential sent (OAuth2 tokens are only known at run time).
     """
     target_url = url or endpoint.url
     shown_url = safe_url(target_url)
@@ -514,12 +506,17 @@ async def deliver(
     sent = 0
     policy_attempt = 0
     refreshed_after_401 = False
+    history: list[str] = []
+    maybe_processed = False
     while True:
         policy_attempt += 1
         sent += 1
         used_token: str | None = None
         try:
             auth_headers, used_token = await _auth_headers(client, endpoint.auth, cache)
+            if redactor is not None:
+                for value in auth_headers.values():
+                    redactor.add_auth_header(value)
             # Later sources win, case-insensitively: body defaults < endpoint < call < auth.
             request_headers = httpx.Headers(body_headers)
             for extra in (endpoint.headers, headers or {}, auth_headers):
@@ -529,7 +526,12 @@ async def deliver(
                 endpoint.method, target_url, headers=request_headers, **kwargs
             )
         except (httpx.TransportError, _RetryableTokenError) as exc:
-            if policy_attempt >= policy.max_attempts or not _is_transient(exc):
+            history.append(_describe(exc, endpoint))
+            # a refused token request means the request itself was never sent
+            sent_it = not isinstance(exc, _RetryableTokenError) and may_have_arrived(exc)
+            maybe_processed = maybe_processed or sent_it
+            # the Idempotency-Key makes any method safe to repeat
+            if not policy.retry_error(exc, attempt=policy_attempt, idempotent=True):
                 raise DeliveryError(
                     f"{endpoint.method} {shown_url} failed after {sent} attempt(s): "
                     f"{_describe(exc, endpoint)}",
@@ -537,14 +539,21 @@ async def deliver(
                     method=endpoint.method,
                     attempts=sent,
                     cause=exc,
+                    history=tuple(history),
+                    maybe_processed=maybe_processed,
                 ) from exc
             await sleep(policy.backoff(policy_attempt))
             continue
         except DeliveryError as exc:
+            history.append(str(exc))
             exc.attempts = sent
+            exc.history = tuple(history)
+            exc.maybe_processed = maybe_processed
             raise
 
         status = response.status_code
+        history.append(f"HTTP {status}")
+        maybe_processed = maybe_processed or status >= 500
         if (
             status == 401
             and isinstance(endpoint.auth, OAuth2ClientCredentials)
@@ -554,7 +563,7 @@ async def deliver(
             cache.invalidate(endpoint.auth, used_token)
             policy_attempt -= 1
             continue
-        if status in policy.retry_statuses and policy_attempt < policy.max_attempts:
+        if policy.retry_status(status, attempt=policy_attempt, idempotent=True):
             delay = parse_retry_after(response.headers.get("Retry-After"))
             if delay is None:
                 delay = policy.backoff(policy_attempt)
@@ -569,6 +578,8 @@ async def deliver(
             attempts=sent,
             url=shown_url,
             idempotency_key=idempotency_key,
+            history=tuple(history),
+            maybe_processed=maybe_processed,
         )
 
 

@@ -1,14 +1,11 @@
-"""Runs an export pipeline over a batch of annotations, one step at a time.
+"""Runs an export pipeline over a batch of annotations, one step at a time (orchestration).
 
 The flow calls :meth:`ExportEngine.run_step` once per step per batch (so the Prefect UI shows
 one task per step per batch, not one per document) and :meth:`ExportEngine.finalize` once per
-batch. Inside a step the documents run concurrently, bounded by ``concurrency``; blocking
-transports (paramiko, boto3) run in bounded thread pools.
+batch. Inside a step the documents run concurrently, bounded by ``concurrency``. The work of
+each step kind lives beside this module: REST in :mod:`.rest_step`, SFTP/S3 in
+:mod:`.file_step`, the pure transformations in :mod:`.steps`; batch state in :mod:`.batch`.
 
-Exactly once: every side effect (REST delivery, file upload) gets a key derived from
-(annotation, step, payload). The :class:`~rossflow.ledger.Ledger` records intent before and the
-outcome after; a rerun reuses a recorded outcome instead of repeating the call, and a call
-that was in flight when the previous run died is repeated with the same ``Idempotency-Key``.
 A failure of one document never stops the others: it ends that document's pipeline with a
 message that names the step, the target, the HTTP status and an excerpt of the reply.
 """
@@ -16,40 +13,20 @@ message that names the step, the target, the HTTP status and an excerpt of the r
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import queue
-import threading
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
-
-import httpx
-from pydantic import SecretStr
+from typing import Any
 
 from rossflow.artifacts import ArtifactStore
-from rossflow.delivery import rest as rest_delivery
-from rossflow.delivery.rest import (
-    FormBody,
-    JsonBody,
-    MultipartBody,
-    RawBody,
-    RestEndpoint,
-    RestRetryPolicy,
-    RestTimeouts,
-)
-from rossflow.delivery.sftp import SftpConnectionInfo, SftpSession
-from rossflow.ledger import EffectBusy, Ledger
+from rossflow.ledger import Ledger
+from rossflow.redaction import Redactor
 from rossflow.rossum import RossumClient, RossumError, id_from_url
 
 from . import code_step
+from .batch import ArtifactWriter, DocReport, DocState, ExportBatch, OnFailure, Outcome
 from .config import (
-    AuthConfig,
     CleanStep,
     CodeStep,
     EvaluateStep,
@@ -58,222 +35,23 @@ from .config import (
     PipelineConfig,
     RestStep,
     RpStepBase,
-    S3Step,
     TemplateStep,
 )
-from .context import ExportContext, build_context, build_writeback_operations
-from .errors import DeliveryError, StepError
-from .extract import build_response_record
+from .context import build_context, build_writeback_operations
+from .errors import StepError
+from .file_step import FileStorer
+from .rest_step import RestSender
 from .rp.runner import RequestProcessor
 from .steps import (
-    PreparedRequest,
-    apply_response,
-    plan_file_storage,
-    prepare_auth_request,
-    prepare_request,
-    rest_gate,
     run_clean_step,
     run_evaluate_step,
     run_extract_step,
     run_template_step,
     step_enabled,
-    token_from_auth_response,
 )
+from .targets import Targets
 
 log = logging.getLogger("rossflow.export")
-
-Outcome = Literal[
-    "exported",
-    "failed_export",
-    "failed_kept_confirmed",
-    "dry_run",
-    "not_moved",
-    "delivered",  # move_status=False (exported-since mode)
-    "failed",  # move_status=False
-]
-OnFailure = Literal["failed_export", "keep_confirmed"]
-
-# Largest reply body kept in the ledger for reuse on a rerun (larger ones are truncated).
-MAX_RECORDED_REPLY = 256 * 1024
-
-
-# ------------------------------------------------------------------------------- targets
-
-
-class Targets:
-    """Resolves the ``target:`` names of steps to connection objects.
-
-    ``rest``/``sftp``/``s3`` hold objects given directly (tests, the demo); ``loader`` is asked
-    for anything else, e.g. the flow passes a function that loads Prefect blocks by name.
-    """
-
-    def __init__(
-        self,
-        *,
-        rest: Mapping[str, Any] | None = None,
-        sftp: Mapping[str, SftpConnectionInfo] | None = None,
-        s3: Mapping[str, Any] | None = None,
-        loader: Callable[[str, str], Any] | None = None,
-    ) -> None:
-        self._given: dict[str, dict[str, Any]] = {
-            "rest": dict(rest or {}),
-            "sftp": dict(sftp or {}),
-            "s3": dict(s3 or {}),
-        }
-        self._loader = loader
-        self._lock = threading.Lock()
-
-    def get(self, kind: str, name: str) -> Any:
-        with self._lock:
-            found = self._given[kind].get(name)
-            if found is None and self._loader is not None:
-                found = self._loader(kind, name)
-                if found is not None:
-                    self._given[kind][name] = found
-        if found is None:
-            raise StepError(f"unknown {kind} target {name!r} (no block or inline config)")
-        return found
-
-
-# --------------------------------------------------------------------------- batch state
-
-
-@dataclass
-class DocState:
-    """One annotation's journey through the pipeline within a batch."""
-
-    annotation_id: int
-    queue_id: int
-    file_name: str
-    ctx: ExportContext
-    status: str = "confirmed"
-    error: StepError | None = None
-    dry_stopped: bool = False
-    warnings: list[str] = field(default_factory=list)
-    deliveries: list[dict[str, Any]] = field(default_factory=list)
-    last_target: str | None = None
-    last_http_status: int | None = None
-    outcome: Outcome | None = None
-    message: str = ""
-    generation: int = 0  # attempt generation: > 0 after a forced re-send (new idempotency keys)
-
-    @property
-    def active(self) -> bool:
-        return self.error is None and not self.dry_stopped
-
-    def fail(self, error: StepError) -> None:
-        error.annotation_id = None  # the report has its own column
-        self.error = error
-        self.last_target = error.target or self.last_target
-        if error.http_status is not None:
-            self.last_http_status = error.http_status
-
-
-@dataclass
-class Batch:
-    queue_id: int
-    docs: list[DocState]
-    started: float = field(default_factory=time.monotonic)
-    any_status: bool = False  # replay: the annotations need not be ``confirmed``
-
-    @property
-    def ids(self) -> list[int]:
-        return [d.annotation_id for d in self.docs]
-
-
-@dataclass(frozen=True)
-class DocReport:
-    """One row of the run report."""
-
-    annotation_id: int
-    queue_id: int
-    file_name: str
-    outcome: str
-    target: str
-    http_status: int | None
-    message: str
-    warnings: str = ""
-
-    def as_row(self) -> dict[str, Any]:
-        return {
-            "annotation": self.annotation_id,
-            "queue": self.queue_id,
-            "file": self.file_name,
-            "outcome": self.outcome,
-            "target": self.target,
-            "http_status": self.http_status if self.http_status is not None else "",
-            "message": self.message,
-            "warnings": self.warnings,
-        }
-
-
-# ------------------------------------------------------------------------------ helpers
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _request_bytes(req: PreparedRequest) -> bytes:
-    """Canonical bytes of what is sent (hashing input for the idempotency key)."""
-    parts: list[bytes] = [req.method.encode(), req.url.encode(), json.dumps(req.params).encode()]
-    if req.content is not None:
-        parts.append(req.content)
-    if req.json is not None:
-        parts.append(json.dumps(req.json, sort_keys=True, ensure_ascii=False).encode())
-    if req.data:
-        parts.append(json.dumps(req.data, sort_keys=True).encode())
-    for key, (name, data, ctype) in sorted((req.files or {}).items()):
-        parts += [key.encode(), name.encode(), ctype.encode(), data]
-    return b"\0".join(parts)
-
-
-def _body_for(req: PreparedRequest) -> rest_delivery.RequestBody:
-    if req.files:
-        field_name, (filename, data, ctype) = next(iter(req.files.items()))
-        return MultipartBody(
-            content=data,
-            filename=filename,
-            content_type=ctype,
-            field_name=field_name,
-            fields=dict(req.data or {}),
-        )
-    if req.json is not None:
-        return JsonBody(req.json)
-    if req.data is not None:
-        return FormBody(req.data)
-    declared = next((v for k, v in req.headers.items() if k.lower() == "content-type"), None)
-    return RawBody(req.content or b"", declared or "application/octet-stream")
-
-
-def _with_params(url: str, params: Mapping[str, str]) -> str:
-    if not params:
-        return url
-    return str(httpx.URL(url).copy_merge_params(dict(params)))
-
-
-def _small_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Reply record as stored in the ledger (what later steps need on a rerun)."""
-    text = str(record.get("text") or "")
-    if len(text) > MAX_RECORDED_REPLY:
-        text = text[:MAX_RECORDED_REPLY]
-    return {
-        "status_code": record.get("status_code"),
-        "raw": record.get("raw") or [],
-        "text": text,
-        "url": record.get("url"),
-        "elapsed_s": record.get("elapsed_s"),
-    }
-
-
-def _record_from_ledger(stored: Mapping[str, Any]) -> dict[str, Any]:
-    return build_response_record(
-        int(stored["status_code"]),
-        [tuple(h) for h in stored.get("raw") or []],
-        str(stored.get("text") or "").encode(),
-        url=stored.get("url"),
-        elapsed_s=stored.get("elapsed_s"),
-    )
 
 
 def pipeline_needs_original(pipeline: PipelineConfig) -> bool:
@@ -295,51 +73,6 @@ def pipeline_needs_original(pipeline: PipelineConfig) -> bool:
         ):
             return True
     return False
-
-
-def _secret_values(secrets: Mapping[str, Any]) -> list[str]:
-    out = []
-    for value in secrets.values():
-        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-        if isinstance(raw, str) and raw:
-            out.append(raw)
-    return out
-
-
-class _SessionPool:
-    """A few SFTP sessions, each used by one worker thread at a time."""
-
-    def __init__(self, info: SftpConnectionInfo, size: int) -> None:
-        self.info = info
-        self.size = size
-        self._idle: queue.LifoQueue[SftpSession] = queue.LifoQueue()
-        self._all: list[SftpSession] = []
-        self._lock = threading.Lock()
-
-    def acquire(self) -> SftpSession:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            session = SftpSession(self.info)
-            session.connect()
-            with self._lock:
-                self._all.append(session)
-            return session
-
-    def release(self, session: SftpSession) -> None:
-        self._idle.put(session)
-
-    def close(self) -> None:
-        with self._lock:
-            for session in self._all:
-                try:
-                    session.close()
-                except Exception:
-                    log.debug("closing an SFTP session failed", exc_info=True)
-            self._all.clear()
-
-
-# ------------------------------------------------------------------------------- engine
 
 
 class ExportEngine:
@@ -373,21 +106,33 @@ class ExportEngine:
         # Exported-since mode (rossflow.export.exported_since): Rossum already exported these
         # annotations; finalize reports outcomes and changes no status in Rossum.
         self.move_status = move_status
-        self.needs_original = pipeline_needs_original(pipeline)
-        self._stack = AsyncExitStack()
-        self._http: dict[tuple[Any, ...], httpx.AsyncClient] = {}
-        self._tokens: dict[str, tuple[str, float]] = {}
-        self._token_lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.file_concurrency, thread_name_prefix="rossflow-files"
-        )
-        self._sftp_pools: dict[str, _SessionPool] = {}
         self._rp: RequestProcessor | None = None
-        # Stored requests/replies are written off the event loop (file-system calls would
-        # otherwise stall every document in flight); two threads keep the order of writes of
-        # one document (each awaits its write) and bound the pool.
-        self._artifact_pool = ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="rossflow-artifacts"
+        self.needs_original = pipeline_needs_original(pipeline)
+        # Every secret value of this run, masked wherever a reply is stored or quoted; targets
+        # and run-time tokens are added as they are resolved or obtained.
+        self.redactor = Redactor()
+        self.redactor.add_from(self.secrets)
+        for step in pipeline.steps:
+            self.redactor.add_from(dict(getattr(step, "secrets", None) or {}))
+        self._stack = AsyncExitStack()
+        self.writer = ArtifactWriter(artifacts, self.redactor)
+        self.rest = RestSender(
+            pipeline,
+            targets=self.targets,
+            ledger=ledger,
+            redactor=self.redactor,
+            store=self.writer.store,
+            stack=self._stack,
+            concurrency=self.concurrency,
+            dry_run=dry_run,
+        )
+        self.files = FileStorer(
+            pipeline,
+            targets=self.targets,
+            ledger=ledger,
+            redactor=self.redactor,
+            file_concurrency=self.file_concurrency,
+            dry_run=dry_run,
         )
 
     async def __aenter__(self) -> ExportEngine:
@@ -400,14 +145,12 @@ class ExportEngine:
         if self._rp is not None:
             await self._rp.aclose()
         await self._stack.aclose()
-        for pool in self._sftp_pools.values():
-            await asyncio.get_running_loop().run_in_executor(self._executor, pool.close)
-        self._executor.shutdown(wait=True)
-        self._artifact_pool.shutdown(wait=True)
+        await self.files.aclose()
+        self.writer.close()
 
     # -- batches -----------------------------------------------------------------------
 
-    async def new_batch(self, queue_id: int, items: Sequence[Mapping[str, Any]]) -> Batch:
+    async def new_batch(self, queue_id: int, items: Sequence[Mapping[str, Any]]) -> ExportBatch:
         """Build per-annotation contexts; pre-download originals if a step needs them."""
         originals: dict[int, bytes] = {}
         if self.needs_original:
@@ -446,7 +189,7 @@ class ExportEngine:
         generations = self.ledger.generations(str(d.annotation_id) for d in docs)
         for doc in docs:
             doc.generation = generations.get(str(doc.annotation_id), 0)
-        return Batch(queue_id, docs)
+        return ExportBatch(queue_id, docs)
 
     async def _download_originals(self, items: Sequence[Mapping[str, Any]]) -> dict[int, bytes]:
         sem = asyncio.Semaphore(self.concurrency)
@@ -469,7 +212,7 @@ class ExportEngine:
 
     # -- steps -------------------------------------------------------------------------
 
-    async def run_step(self, batch: Batch, step_name: str) -> dict[str, int]:
+    async def run_step(self, batch: ExportBatch, step_name: str) -> dict[str, int]:
         """Run one step for every still-active document of the batch; returns counts."""
         step = self.pipeline.step(step_name)
         sem = asyncio.Semaphore(self.concurrency)
@@ -488,9 +231,18 @@ class ExportEngine:
                 except StepError as exc:
                     doc.fail(exc.with_step(step.name))
                 except Exception as exc:
-                    log.exception("step %s crashed for annotation %s", step.name, doc.annotation_id)
+                    log.error(
+                        "step %s crashed for annotation %s: %s",
+                        step.name,
+                        doc.annotation_id,
+                        self.redactor(f"{type(exc).__name__}: {exc}"),
+                    )
                     doc.fail(
-                        StepError(f"internal error: {type(exc).__name__}: {exc}", step=step.name)
+                        StepError(
+                            f"internal error: {type(exc).__name__}: {exc}",
+                            step=step.name,
+                            secrets=self.redactor,
+                        )
                     )
                 if doc.error is not None:
                     counts["failed"] += 1
@@ -498,7 +250,7 @@ class ExportEngine:
                         "annotation %s failed at %s: %s",
                         doc.annotation_id,
                         step.name,
-                        doc.error.message(),
+                        self.redactor(doc.error.message()),
                     )
 
         await asyncio.gather(*(one(d) for d in batch.docs))
@@ -513,15 +265,12 @@ class ExportEngine:
         if isinstance(step, TemplateStep):
             doc.ctx, files = run_template_step(step, doc.ctx)
             if files:
-                await self._store(
-                    doc,
-                    step.name,
-                    [(r.key + r.extension, r.content) for r in files],
-                    _secret_values(self._secrets_for(step)),
+                await self.writer.store(
+                    doc, step.name, [(r.key + r.extension, r.content) for r in files]
                 )
             return True
         if isinstance(step, RestStep):
-            return await self._rest(step, doc)
+            return await self.rest.run(step, doc, self._secrets_for(step))
         if isinstance(step, ExtractStep):
             return await self._extract(step, doc)
         if isinstance(step, EvaluateStep):
@@ -531,7 +280,7 @@ class ExportEngine:
             outcome.raise_if_failed(step.name)
             return True
         if isinstance(step, FileStorageStep):
-            return await self._files(step, doc)
+            return await self.files.run(step, doc, self._secrets_for(step))
         if isinstance(step, CodeStep):
             return await code_step.run_for_engine(self, step, doc)
         if isinstance(step, RpStepBase):
@@ -544,8 +293,8 @@ class ExportEngine:
             self._rp = RequestProcessor(
                 client=self.client,
                 ledger=self.ledger,
-                store=self._store,  # type: ignore[arg-type]
-                upload=self._put,
+                store=self._store_for_rp,
+                upload=self.files._put,
                 secrets=self._secrets_for,
                 compat=self.pipeline.compat,
                 dry_run=self.dry_run,
@@ -553,221 +302,17 @@ class ExportEngine:
             )
         return self._rp
 
-    async def _store(
+    async def _store_for_rp(
         self, doc: DocState, step: str, files: list[tuple[str, bytes]], secrets: list[str]
     ) -> None:
-        """Store rendered files / requests / replies of one document (off the event loop)."""
-        await asyncio.get_running_loop().run_in_executor(
-            self._artifact_pool,
-            lambda: self.artifacts.put_many(doc.annotation_id, step, files, secrets=secrets),
-        )
+        """Stored requests/replies of Request Processor steps, with their secrets masked."""
+        self.redactor.add(*secrets)
+        await self.writer.store(doc, step, files)
 
     def _secrets_for(self, step: Any) -> dict[str, Any]:
         merged = dict(self.secrets)
         merged.update(getattr(step, "secrets", {}) or {})
         return merged
-
-    # -- REST ----------------------------------------------------------------------------
-
-    async def _http_client(self, endpoint: RestEndpoint) -> httpx.AsyncClient:
-        key = (
-            endpoint.tls.verify,
-            endpoint.tls.client_cert,
-            endpoint.tls.client_key,
-            endpoint.timeouts,
-        )
-        client = self._http.get(key)
-        if client is None:
-            client = await self._stack.enter_async_context(
-                rest_delivery.open_rest_client(
-                    endpoint,
-                    max_connections=self.concurrency,
-                    max_keepalive_connections=self.concurrency,
-                )
-            )
-            self._http[key] = client
-        return client
-
-    def _endpoint(self, step: RestStep, req: PreparedRequest) -> RestEndpoint:
-        url = _with_params(req.url, req.params)
-        if step.target:
-            target = self.targets.get("rest", step.target)
-            if isinstance(target, RestEndpoint):
-                base = target
-                return base.model_copy(update={"url": _join(base.url, url), "method": req.method})
-            endpoint: RestEndpoint = target.endpoint(url=url, method=req.method)
-            return endpoint
-        retries = step.retries if step.retries is not None else self.pipeline.defaults.retries
-        if (step.mode or self.pipeline.defaults.mode) == "wait" and step.retries is None:
-            retries = max(retries, 2)
-        timeout = float(step.timeout_s or self.pipeline.defaults.timeout_s)
-        return RestEndpoint(
-            url=url,
-            method=req.method,  # type: ignore[arg-type]
-            name=step.name,
-            timeouts=RestTimeouts(read=timeout, write=timeout),
-            retry=RestRetryPolicy(max_attempts=retries + 1),
-        )
-
-    async def _auth_token(
-        self,
-        auth: AuthConfig,
-        step: RestStep,
-        secrets: dict[str, Any],
-        *,
-        refresh: bool,
-        ctx: ExportContext | None = None,
-    ) -> None:
-        """Rossum v1 ``auth``: fetch a token, cache it, expose it as ``{secret.<cache_as>}``."""
-        req = prepare_auth_request(auth, secrets=secrets, step=step.name, ctx=ctx)
-        cache_key = _sha(_request_bytes(req) + json.dumps(req.headers, sort_keys=True).encode())
-        async with self._token_lock:
-            cached = self._tokens.get(cache_key)
-            if refresh or cached is None or cached[1] <= time.monotonic():
-                endpoint = RestEndpoint(
-                    url=req.url,
-                    method=req.method,  # type: ignore[arg-type]
-                    name=f"{step.name} auth",
-                    timeouts=RestTimeouts(read=req.timeout_s, write=req.timeout_s),
-                )
-                client = await self._http_client(endpoint)
-                try:
-                    result = await rest_delivery.deliver(
-                        client,
-                        endpoint,
-                        _body_for(req),
-                        idempotency_key=_sha(_request_bytes(req) + str(time.time()).encode()),
-                        headers=req.headers,
-                    )
-                except rest_delivery.DeliveryError as exc:
-                    raise DeliveryError(
-                        f"authentication request failed: {exc}", step=step.name, target=exc.url
-                    ) from exc
-                record = build_response_record(
-                    result.status_code, result.headers, result.body, url=result.url
-                )
-                token, lifetime = token_from_auth_response(
-                    auth, record, step=step.name, secrets=secrets
-                )
-                expires = time.monotonic() + (max(30.0, lifetime - 30) if lifetime else 600.0)
-                cached = self._tokens[cache_key] = (token, expires)
-        secrets[auth.cache_as] = cached[0]
-
-    async def _rest(self, step: RestStep, doc: DocState) -> bool:
-        secrets = self._secrets_for(step)
-        if not rest_gate(step, doc.ctx, secrets=secrets):
-            return False
-        auth = step.auth
-        if isinstance(auth, str):
-            auth = self.pipeline.auths[auth]
-        if auth is not None and not self.dry_run:
-            await self._auth_token(auth, step, secrets, refresh=False, ctx=doc.ctx)
-        elif auth is not None:
-            secrets.setdefault(auth.cache_as, "<token from auth>")
-        req = prepare_request(step, doc.ctx, secrets=secrets, auth=auth)
-        endpoint = self._endpoint(step, req)
-        doc.last_target = endpoint.display_name
-        payload = _request_bytes(req)
-        scope = f"{step.name}|{endpoint.url}"
-        if doc.generation:
-            scope += f"|attempt {doc.generation}"
-        key = rest_delivery.idempotency_key(doc.annotation_id, scope, payload)
-        secret_values = _secret_values(secrets)
-        await self._store(doc, step.name, [("request.body", _preview(req))], secret_values)
-        if self.dry_run:
-            doc.deliveries.append(
-                {"step": step.name, "target": endpoint.display_name, "state": "dry_run"}
-            )
-            doc.dry_stopped = True
-            return True
-        try:
-            done = self.ledger.claim(
-                key,
-                kind="delivery",
-                subject=str(doc.annotation_id),
-                step=step.name,
-                target=endpoint.display_name,
-            )
-        except EffectBusy as exc:
-            return _left_to_holder(doc, exc)
-        if done is not None and "record" in done.result:
-            record = _record_from_ledger(done.result["record"])
-            state = "already_delivered"
-        else:
-            record = await self._send(step, doc, endpoint, req, key, auth, secrets)
-            state = "delivered"
-        doc.last_http_status = int(record["status_code"])
-        meta = {k: record.get(k) for k in ("status_code", "raw", "url", "elapsed_s")}
-        await self._store(
-            doc,
-            step.name,
-            [
-                ("response.json", json.dumps(meta, default=str).encode()),
-                ("response.body", str(record.get("text") or "").encode()),
-            ],
-            secret_values,
-        )
-        doc.ctx, outcome = apply_response(step, doc.ctx, record, secrets=secrets)
-        if state == "delivered":
-            self.ledger.finish(
-                key,
-                ok=outcome.status != "error",
-                result={"record": _small_record(record), "http_status": outcome.http_status},
-            )
-        doc.deliveries.append(
-            {
-                "step": step.name,
-                "target": endpoint.display_name,
-                "state": state,
-                "http_status": outcome.http_status,
-            }
-        )
-        if outcome.status == "warning" and outcome.message:
-            doc.warnings.append(outcome.message)
-        outcome.raise_for_status()
-        return True
-
-    async def _send(
-        self,
-        step: RestStep,
-        doc: DocState,
-        endpoint: RestEndpoint,
-        req: PreparedRequest,
-        key: str,
-        auth: AuthConfig | None,
-        secrets: dict[str, Any],
-    ) -> dict[str, Any]:
-        client = await self._http_client(endpoint)
-        headers = {k: v for k, v in req.headers.items() if k.lower() != "content-type"}
-        body = _body_for(req)
-        try:
-            result = await rest_delivery.deliver(
-                client, endpoint, body, idempotency_key=key, headers=headers
-            )
-            if result.status_code == 401 and auth is not None:
-                # Rossum's REST export re-authenticates on any 401 and tries once more.
-                await self._auth_token(auth, step, secrets, refresh=True, ctx=doc.ctx)
-                req = prepare_request(step, doc.ctx, secrets=secrets, auth=auth)
-                headers = {k: v for k, v in req.headers.items() if k.lower() != "content-type"}
-                result = await rest_delivery.deliver(
-                    client, endpoint, body, idempotency_key=key, headers=headers
-                )
-        except rest_delivery.DeliveryError as exc:
-            self.ledger.finish(key, ok=False, result={"error": str(exc)})
-            raise DeliveryError(
-                f"could not deliver after {exc.attempts} attempt(s): {exc}",
-                step=step.name,
-                target=endpoint.display_name,
-                secrets=secrets,
-                retryable=True,
-            ) from exc
-        return build_response_record(
-            result.status_code,
-            result.headers,
-            result.body,
-            url=result.url,
-            elapsed_s=result.elapsed_s,
-        )
 
     # -- extract / write-back ------------------------------------------------------------
 
@@ -787,169 +332,79 @@ class ExportEngine:
                 await self.client.content_operations(doc.annotation_id, ops)
             except RossumError as exc:
                 raise StepError(
-                    f"writing {sorted(result.values)} back to Rossum failed: {exc.detail or exc}",
+                    f"writing {sorted(result.values)} back to Rossum failed: "
+                    + self.redactor(str(exc.detail or exc)),
                     step=step.name,
                     target="rossum",
                     http_status=exc.status,
                 ) from exc
         return True
 
-    # -- SFTP / S3 -----------------------------------------------------------------------
-
-    def _file_target(self, step: FileStorageStep) -> tuple[str, Any]:
-        secrets = {
-            k: (v.get_secret_value() if isinstance(v, SecretStr) else v)
-            for k, v in self._secrets_for(step).items()
-        }
-        creds = dict(step.credentials or {})
-        if isinstance(step, S3Step) or creds.get("type") == "s3":
-            if step.target:
-                return "s3", self.targets.get("s3", step.target)
-            return "s3", _inline_s3(step, creds, secrets)
-        if step.target:
-            found = self.targets.get("sftp", step.target)
-            info = found.connection_info() if hasattr(found, "connection_info") else found
-            return "sftp", info
-        return "sftp", _inline_sftp(step, creds, secrets)
-
-    async def _files(self, step: FileStorageStep, doc: DocState) -> bool:
-        kind, target = self._file_target(step)
-        plan_key = f"plan:{doc.annotation_id}:{step.name}"
-        if not self.dry_run:
-            self.ledger.begin(plan_key, kind="plan", subject=str(doc.annotation_id), step=step.name)
-        first = self.ledger.get(plan_key)
-        now = datetime.fromtimestamp(first.created_at, UTC) if first else datetime.now(UTC)
-
-        def counter(name: str) -> int:
-            return self.ledger.sequence(
-                f"{self.pipeline.name}:{step.name}:{name}", f"{doc.annotation_id}:{step.name}"
-            )
-
-        planned = plan_file_storage(step, doc.ctx, counter=counter, now=now)
-        label = (
-            f"s3://{getattr(target, 'bucket_name', '?')}"
-            if kind == "s3"
-            else f"sftp://{target.display}"
-        )
-        doc.last_target = label
-        for item in planned:
-            data = item.read()
-            key = _sha(f"{doc.annotation_id}\n{step.name}\n{item.path}\n{_sha(data)}".encode())
-            if doc.generation:
-                key = _sha(f"{key}\nattempt {doc.generation}".encode())
-            if self.dry_run:
-                doc.deliveries.append(
-                    {"step": step.name, "target": label + item.path, "state": "dry_run"}
-                )
-                continue
-            try:
-                done = self.ledger.claim(
-                    key,
-                    kind="delivery",
-                    subject=str(doc.annotation_id),
-                    step=step.name,
-                    target=label + item.path,
-                )
-            except EffectBusy as exc:
-                return _left_to_holder(doc, exc)
-            if done is not None:
-                doc.deliveries.append(
-                    {
-                        "step": step.name,
-                        "target": done.result.get("path", item.path),
-                        "state": "already_delivered",
-                    }
-                )
-                continue
-            # A retry of our own interrupted attempt overwrites our own (identical) file.
-            attempts = self.ledger.get(key).attempts if self.ledger.get(key) else 1  # type: ignore[union-attr]
-            collision = "replace" if attempts > 1 else item.collision
-            try:
-                final = await self._put(kind, target, item.path, data, item.content_type, collision)
-            except Exception as exc:
-                self.ledger.finish(key, ok=False, result={"error": str(exc)})
-                raise StepError(
-                    f"upload of {item.path} failed: {exc}", step=step.name, target=label
-                ) from exc
-            self.ledger.finish(key, ok=True, result={"path": final})
-            doc.deliveries.append(
-                {"step": step.name, "target": label + final, "state": "delivered"}
-            )
-        return True
-
-    async def _put(
-        self, kind: str, target: Any, path: str, data: bytes, content_type: str, collision: str
-    ) -> str:
-        loop = asyncio.get_running_loop()
-        if kind == "s3":
-            from rossflow.delivery import s3 as s3_delivery
-
-            result = await loop.run_in_executor(
-                self._executor,
-                lambda: s3_delivery.put_object(
-                    target,
-                    path.lstrip("/"),
-                    data,
-                    content_type,
-                    collision,  # type: ignore[arg-type]
-                ),
-            )
-            return str(result.path)
-        info: SftpConnectionInfo = target
-        pool = self._sftp_pools.get(info.display)
-        if pool is None:
-            pool = self._sftp_pools[info.display] = _SessionPool(info, self.file_concurrency)
-
-        def put() -> str:
-            session = pool.acquire()
-            try:
-                return session.put_atomic(path, data, collision).path  # type: ignore[arg-type]
-            finally:
-                pool.release(session)
-
-        return await loop.run_in_executor(self._executor, put)
-
     # -- finalize ------------------------------------------------------------------------
 
-    async def finalize(self, batch: Batch) -> list[DocReport]:
+    async def _move_exported(
+        self, queue_id: int, docs: Sequence[DocState]
+    ) -> tuple[dict[int, str], RossumError | None]:
+        """Move delivered annotations to ``exported``; returns the status each is in.
+
+        When the answer to the move is lost (the connection dropped after Rossum processed
+        it, the retry then finds nothing ``confirmed``) the annotations' real status is read
+        back with one ``GET`` filtered by their ids, so the report says what is true.
+        """
+        moved: dict[int, str] = {}
+        error: RossumError | None = None
+        try:
+            # A replayed annotation (e.g. failed_export) goes back to confirmed first, so
+            # that the move below is the same batched export call as for any other.
+            # A forced re-send of an exported annotation stays exported: no move.
+            await gather_limited(
+                (
+                    self.client.set_status(d.annotation_id, "confirmed")
+                    for d in docs
+                    if d.status not in ("confirmed", "exported")
+                ),
+                self.concurrency,
+            )
+            moved = await self.client.move_to_status(
+                queue_id, [d.annotation_id for d in docs if d.status != "exported"]
+            )
+            moved.update({d.annotation_id: "exported" for d in docs if d.status == "exported"})
+        except RossumError as exc:
+            error = exc
+        missing = [d.annotation_id for d in docs if moved.get(d.annotation_id) != "exported"]
+        if missing:
+            try:
+                async for item in self.client.list_annotations(ids=missing):
+                    moved[id_from_url(item["url"])] = str(item.get("status") or "")
+            except RossumError as exc:
+                log.warning("could not read back the status of %s: %s", missing[:20], exc)
+        return moved, error
+
+    async def finalize(self, batch: ExportBatch) -> list[DocReport]:
         """Move successes to ``exported`` in one call; failures to ``failed_export``."""
         ok = [d for d in batch.docs if d.error is None and not d.dry_stopped]
         failed = [d for d in batch.docs if d.error is not None]
         if not self.move_status and not self.dry_run:
-            return _reports_without_moves(batch, ok, failed)
+            return self._reports_without_moves(batch, ok, failed)
         if self.dry_run:
             for doc in batch.docs:
                 if doc.error is None:
                     doc.outcome, doc.message = "dry_run", "rendered; nothing delivered"
         elif ok:
-            try:
-                # A replayed annotation (e.g. failed_export) goes back to confirmed first, so
-                # that the move below is the same batched export call as for any other.
-                # A forced re-send of an exported annotation stays exported: no move.
-                await gather_limited(
-                    (
-                        self.client.set_status(d.annotation_id, "confirmed")
-                        for d in ok
-                        if d.status not in ("confirmed", "exported")
-                    ),
-                    self.concurrency,
-                )
-                moved = await self.client.move_to_status(
-                    batch.queue_id, [d.annotation_id for d in ok if d.status != "exported"]
-                )
-                moved.update({d.annotation_id: "exported" for d in ok if d.status == "exported"})
-            except RossumError as exc:
-                moved = {}
-                for doc in ok:
-                    doc.message = f"delivered, but moving to exported failed: {exc}"
+            moved, move_error = await self._move_exported(batch.queue_id, ok)
             for doc in ok:
                 status = moved.get(doc.annotation_id)
+                if status:
+                    doc.status = status
                 if status == "exported":
                     doc.outcome = "exported"
-                    doc.message = doc.message or _summary(doc)
+                    doc.message = _summary(doc)
+                elif move_error is not None and status in (None, "confirmed"):
+                    doc.outcome = "not_moved"
+                    doc.message = f"delivered, but moving to exported failed: {move_error}"
                 else:
                     doc.outcome = "not_moved"
-                    doc.message = doc.message or (
+                    doc.message = (
                         f"delivered, but Rossum left it {status or 'unchanged'}; "
                         "the next run will move it"
                     )
@@ -957,16 +412,18 @@ class ExportEngine:
 
         async def fail(doc: DocState) -> None:
             assert doc.error is not None
-            doc.message = doc.error.message()
+            doc.message = self.redactor(doc.error.message())
+            # Counted apart: the target may have created the document (check before retrying).
+            uncertain: Outcome | None = "failed_uncertain" if doc.error.uncertain else None
             if self.dry_run or self.on_failure == "keep_confirmed":
-                doc.outcome = "failed_kept_confirmed" if not self.dry_run else "dry_run"
+                doc.outcome = "dry_run" if self.dry_run else uncertain or "failed_kept_confirmed"
                 return
             async with sem:
                 try:
                     await self.client.mark_failed_export(doc.annotation_id, doc.message)
-                    doc.outcome = "failed_export"
+                    doc.outcome, doc.status = uncertain or "failed_export", "failed_export"
                 except RossumError as exc:
-                    doc.outcome = "failed_kept_confirmed"
+                    doc.outcome = uncertain or "failed_kept_confirmed"
                     doc.message += f" (could not set failed_export: {exc})"
 
         await asyncio.gather(*(fail(d) for d in failed))
@@ -978,43 +435,38 @@ class ExportEngine:
                 outcome=d.outcome or "not_moved",
                 target=d.last_target or "",
                 http_status=d.last_http_status,
-                message=d.message,
-                warnings="; ".join(d.warnings),
+                message=self.redactor(d.message),
+                warnings=self.redactor("; ".join(d.warnings)),
+                status=d.status,
+                step=(d.error.step or "") if d.error is not None else "",
             )
             for d in batch.docs
         ]
 
-
-def _reports_without_moves(
-    batch: Batch, ok: list[DocState], failed: list[DocState]
-) -> list[DocReport]:
-    """``move_status=False``: ``delivered``/``failed`` outcomes; no Rossum call at all."""
-    for doc in ok:
-        doc.outcome, doc.message = "delivered", _summary(doc)
-    for doc in failed:
-        assert doc.error is not None
-        doc.outcome, doc.message = "failed", doc.error.message()
-    return [
-        DocReport(
-            annotation_id=d.annotation_id,
-            queue_id=d.queue_id,
-            file_name=d.file_name,
-            outcome=d.outcome or "failed",
-            target=d.last_target or "",
-            http_status=d.last_http_status,
-            message=d.message,
-            warnings="; ".join(d.warnings),
-        )
-        for d in batch.docs
-    ]
-
-
-def _left_to_holder(doc: DocState, exc: EffectBusy) -> bool:
-    """Another worker (maybe on another host) is delivering this step: this run stops here for
-    the annotation and leaves its status alone (reported ``not_moved``)."""
-    doc.dry_stopped = True  # inactive from here on, neither moved nor failed by this run
-    doc.message = f"{exc}; this run left the annotation as it was"
-    return True
+    def _reports_without_moves(
+        self, batch: ExportBatch, ok: list[DocState], failed: list[DocState]
+    ) -> list[DocReport]:
+        """``move_status=False``: ``delivered``/``failed`` outcomes; no Rossum call at all."""
+        for doc in ok:
+            doc.outcome, doc.message = "delivered", _summary(doc)
+        for doc in failed:
+            assert doc.error is not None
+            doc.outcome, doc.message = "failed", doc.error.message()
+        return [
+            DocReport(
+                annotation_id=d.annotation_id,
+                queue_id=d.queue_id,
+                file_name=d.file_name,
+                outcome=d.outcome or "failed",
+                target=d.last_target or "",
+                http_status=d.last_http_status,
+                message=self.redactor(d.message),
+                warnings=self.redactor("; ".join(d.warnings)),
+                status=d.status,
+                step=(d.error.step or "") if d.error is not None else "",
+            )
+            for d in batch.docs
+        ]
 
 
 def _summary(doc: DocState) -> str:
@@ -1027,62 +479,6 @@ def _summary(doc: DocState) -> str:
             f"{d['step']}{status}" + (" (reused)" if d["state"] == "already_delivered" else "")
         )
     return ", ".join(parts)
-
-
-def _preview(req: PreparedRequest) -> bytes:
-    if req.content is not None:
-        return req.content
-    if req.json is not None:
-        return json.dumps(req.json, ensure_ascii=False, indent=2).encode()
-    if req.files:
-        names = {k: (v[0], v[2], len(v[1])) for k, v in req.files.items()}
-        return json.dumps({"files": names, "fields": req.data or {}}, indent=2).encode()
-    return json.dumps(req.data or {}, indent=2).encode()
-
-
-def _join(base: str, url: str) -> str:
-    if url.startswith(("http://", "https://")):
-        return url
-    return base.rstrip("/") + "/" + url.lstrip("/")
-
-
-def _inline_sftp(step: FileStorageStep, creds: dict[str, Any], secrets: dict[str, Any]) -> Any:
-    """Rossum file-storage ``credentials`` + hook secrets → connection info."""
-    if not creds.get("host"):
-        raise StepError("SFTP step has neither target nor credentials.host", step=step.name)
-    key = secrets.get("ssh_key")
-    return SftpConnectionInfo(
-        host=str(creds["host"]),
-        port=int(creds.get("port") or 22),
-        username=str(creds.get("username") or ""),
-        password=SecretStr(secrets["password"]) if secrets.get("password") else None,
-        private_key=SecretStr(str(key).replace("\\n", "\n")) if key else None,
-        passphrase=SecretStr(secrets["ssh_key_passphrase"])
-        if secrets.get("ssh_key_passphrase")
-        else None,
-        known_hosts=str(creds.get("known_hosts") or ""),
-        verify_host_key=bool(creds.get("verify_host_key", True)),
-    )
-
-
-def _inline_s3(step: FileStorageStep, creds: dict[str, Any], secrets: dict[str, Any]) -> Any:
-    from prefect_aws import AwsCredentials, S3Bucket
-    from prefect_aws.client_parameters import AwsClientParameters
-
-    if not creds.get("bucket_name"):
-        raise StepError("S3 step has neither target nor credentials.bucket_name", step=step.name)
-    params = (
-        AwsClientParameters(endpoint_url=creds["endpoint_url"])
-        if creds.get("endpoint_url")
-        else None
-    )
-    aws = AwsCredentials(
-        aws_access_key_id=secrets.get("access_key_id"),
-        aws_secret_access_key=secrets.get("secret_access_key"),
-        region_name=creds.get("region") or "us-east-1",
-        aws_client_parameters=params or AwsClientParameters(),
-    )
-    return S3Bucket(bucket_name=str(creds["bucket_name"]), credentials=aws)
 
 
 async def gather_limited(coros: Iterable[Awaitable[Any]], limit: int) -> list[Any]:

@@ -28,6 +28,10 @@ __all__ = [
 ]
 
 EXCERPT_LIMIT = 300
+UNCERTAIN_NOTE = (
+    "outcome unknown: the ERP may have created this document; check before retrying"
+)
+NOT_DELIVERED_NOTE = "not delivered"
 REDACTED = "***"
 # Secrets shorter than this are not masked: masking "1" or "ab" would shred every message.
 _MIN_SECRET_LEN = 4
@@ -127,7 +131,21 @@ class StepError(ExportError):
         self.excerpt = excerpt(reply, secrets)
         self.retryable = retryable
         self.annotation_id = annotation_id
+        self.delivery: str | None = None  # "uncertain" | "not_delivered" (see mark_delivery)
+        self.attempts: tuple[str, ...] = ()
         super().__init__(self.message())
+
+    @property
+    def uncertain(self) -> bool:
+        """The target may have acted on the request although the step failed."""
+        return self.delivery == "uncertain"
+
+    def mark_delivery(self, *, uncertain: bool, attempts: Iterable[str]) -> StepError:
+        """Say whether a failed delivery may have been processed, listing the attempts."""
+        self.delivery = "uncertain" if uncertain else "not_delivered"
+        self.attempts = tuple(attempts)
+        self.args = (self.message(),)
+        return self
 
     def with_step(self, step: str) -> StepError:
         """Attach the step name when the error was raised by a helper unaware of it."""
@@ -141,6 +159,10 @@ class StepError(ExportError):
         parts = []
         if self.step:
             parts.append(f"[{self.step}]")
+        if self.delivery == "uncertain":
+            parts.append(UNCERTAIN_NOTE + ".")
+        elif self.delivery == "not_delivered":
+            parts.append(NOT_DELIVERED_NOTE + ":")
         parts.append(self.reason)
         details = []
         if self.target:
@@ -151,6 +173,9 @@ class StepError(ExportError):
             details.append(f"annotation={self.annotation_id}")
         if details:
             parts.append(f"({', '.join(details)})")
+        if self.attempts:
+            listed = "; ".join(f"{i}) {a}" for i, a in enumerate(self.attempts, 1))
+            parts.append(f"- attempts: {listed}")
         if self.excerpt:
             parts.append(f"- reply: {self.excerpt}")
         return " ".join(parts)
@@ -165,6 +190,8 @@ class StepError(ExportError):
             "http_status": self.http_status,
             "excerpt": self.excerpt,
             "retryable": self.retryable,
+            "delivery": self.delivery,
+            "attempts": list(self.attempts),
             "message": self.message(),
         }
 

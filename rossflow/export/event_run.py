@@ -26,8 +26,9 @@ from typing import Any
 
 from rossflow.webhook.jobs import Job
 
+from .batch import DocState, ExportBatch
 from .context import build_context, build_writeback_operations
-from .engine import Batch, DocState, ExportEngine
+from .engine import ExportEngine
 from .errors import StepError
 from .steps import run_extract_step
 
@@ -67,7 +68,9 @@ class EventExportEngine(ExportEngine):
         return True
 
 
-def job_batch(engine: ExportEngine, jobs: Sequence[Job], originals: Mapping[int, bytes]) -> Batch:
+def job_batch(
+    engine: ExportEngine, jobs: Sequence[Job], originals: Mapping[int, bytes]
+) -> ExportBatch:
     """One batch over the jobs' payloads (the content tree comes with the payload)."""
     docs: list[DocState] = []
     for job in jobs:
@@ -93,7 +96,7 @@ def job_batch(engine: ExportEngine, jobs: Sequence[Job], originals: Mapping[int,
             continue
         docs.append(DocState(job.annotation_id, job.queue_id, name, ctx, status="exporting"))
     queue_id = jobs[0].queue_id if jobs else 0
-    return Batch(queue_id, docs, any_status=True)
+    return ExportBatch(queue_id, docs, any_status=True)
 
 
 def _info(doc: DocState, written: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -114,7 +117,9 @@ def _info(doc: DocState, written: Mapping[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
-def job_outcomes(engine: EventExportEngine, batch: Batch, jobs: Sequence[Job]) -> list[JobOutcome]:
+def job_outcomes(
+    engine: EventExportEngine, batch: ExportBatch, jobs: Sequence[Job]
+) -> list[JobOutcome]:
     """Hook results of a batch whose steps all ran (same order as ``jobs``)."""
     out = []
     for job, doc in zip(jobs, batch.docs, strict=True):

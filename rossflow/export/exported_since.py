@@ -49,7 +49,8 @@ from rossflow.ledger import Effect, Ledger
 from rossflow.rossum import RossumClient, id_from_url
 from rossflow.state.watermarks import WatermarkStore
 
-from .engine import DocReport, ExportEngine
+from .batch import DocReport
+from .engine import ExportEngine
 
 log = logging.getLogger("rossflow.export.exported_since")
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rossflow.export.engine import DocReport
+from rossflow.export.batch import DocReport
 from rossflow.ledger import Ledger
 from rossflow.rossum import id_from_url
 

@@ -6,12 +6,16 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from .engine import DocReport
+from .batch import DocReport
 from .tabular import run_report_frame
 
 OUTCOME_NOTES = {
     "exported": "delivered and moved to `exported`",
     "failed_export": "moved to `failed_export` with a message (operators see a red icon)",
+    "failed_uncertain": (
+        "failed, but the target may have created the document (a timeout, 5xx or dropped "
+        "connection after sending): check before retrying"
+    ),
     "failed_kept_confirmed": "failed, left `confirmed` for the next run",
     "not_moved": "delivered, but not moved to `exported` yet (next run retries the move)",
     "dry_run": "rendered only (dry run)",
@@ -49,6 +53,12 @@ def markdown_summary(
     ]
     for outcome, count in counts.most_common():
         lines.append(f"| {outcome} | {count} | {OUTCOME_NOTES.get(outcome, '')} |")
+    if counts["failed_uncertain"]:
+        lines += [
+            "",
+            f"**{counts['failed_uncertain']} annotation(s) with an uncertain outcome**: the "
+            "target may have created them; check there before retrying.",
+        ]
     failures = [r for r in reports if r.outcome.startswith("failed") or r.outcome == "not_moved"]
     if failures:
         lines += ["", "## Needs attention", "", "| annotation | file | message |", "|---|---|---|"]

@@ -53,6 +53,7 @@ from rossflow.export.placeholders import (
 from rossflow.export.soap import soap_fault, soap_headers
 from rossflow.export.tabular import annotation_rows, frame_to_csv, frame_to_xlsx, rows_to_frame
 from rossflow.export.templating import CONTENT_TYPES, RenderedFile, render_step, render_text
+from rossflow.http import safe_url
 
 __all__ = [
     "EvaluateOutcome",
@@ -408,7 +409,7 @@ def token_from_auth_response(
         raise DeliveryError(
             "authentication failed",
             step=step,
-            target=auth.url,
+            target=safe_url(auth.url),
             http_status=status,
             reply=record.get("text"),
             secrets=secrets,
@@ -419,7 +420,7 @@ def token_from_auth_response(
         raise DeliveryError(
             f"authentication reply has no token at {auth.token_path!r}",
             step=step,
-            target=auth.url,
+            target=safe_url(auth.url),
             http_status=status,
             reply=record.get("text"),
             secrets=secrets,
@@ -453,8 +454,12 @@ def apply_response(
     record: Mapping[str, Any],
     *,
     secrets: Mapping[str, Any] | None = None,
+    target: str | None = None,
 ) -> tuple[ExportContext, RestOutcome]:
-    """Store the reply (by step name and under the response reference keys) and classify it."""
+    """Store the reply (by step name and under the response reference keys) and classify it.
+
+    ``target`` names the target in a failure (block name and URL); default: the reply's URL.
+    """
     ctx = ctx.with_response(step.name, record)
     if step.response_headers_reference_key:
         ctx = ctx.with_reference(step.response_headers_reference_key, headers_document(record))
@@ -486,7 +491,7 @@ def apply_response(
         )
         + ")",
         step=step.name,
-        target=str(record.get("url") or step.request.url),
+        target=target or safe_url(str(record.get("url") or step.request.url)),
         http_status=code,
         reply=record.get("text"),
         secrets=secrets,

@@ -27,17 +27,20 @@ __all__ = [
 
 Node = Mapping[str, Any]
 
+# The export run report: one row per annotation, these columns in this order (README, "Run
+# report"). ``status`` is the Rossum status the annotation was left in; ``step``/``target``/
+# ``http_status`` describe the failure (or the last delivery of a success).
 RUN_REPORT_COLUMNS = [
     "annotation_id",
+    "queue_id",
     "document",
+    "outcome",
     "status",
     "step",
     "target",
     "http_status",
     "message",
-    "started_at",
-    "finished_at",
-    "duration_s",
+    "warnings",
 ]
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -233,6 +236,7 @@ def run_report_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     columns = RUN_REPORT_COLUMNS + extras
     frame = pd.DataFrame([{c: d.get(c) for c in columns} for d in expanded], columns=columns)
     if "http_status" in frame:
-        # Rows without an HTTP answer carry "" or None: empty, not an error.
-        frame["http_status"] = pd.to_numeric(frame["http_status"], errors="coerce").astype("Int64")
+        # A failure without an HTTP status (timeout, refused connection) has no number.
+        status = frame["http_status"].replace("", None)
+        frame["http_status"] = pd.to_numeric(status, errors="coerce").astype("Int64")
     return frame

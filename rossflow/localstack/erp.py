@@ -33,8 +33,9 @@ Config format (every key optional)::
                     | {"type": "oauth1", "consumer_key": "ck", "consumer_secret": "cs",
                        "token_key": "tk", "token_secret": "ts"},   # signature checked (oauthlib)
       "oauth": {"client_id": "rossflow", "client_secret": "secret", "expires_in": 3600,
-                "jwt_public_key": "PEM"}   # also accept JWT client assertions signed by it
-    }
+                "jwt_public_key": "PEM"},  # also accept JWT client assertions signed by it
+      "echo_errors": false                      # error answers (4xx/5xx) echo the request's
+    }                                           # headers and body, like debug-mode gateways
 
     RESPONSE = {"status": 201, "body": {...} | [...] | "text or XML", "content_type": "...",
                 "headers": {"Retry-After": "1"}, "latency_s": 0.5}
@@ -83,6 +84,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "fail_when_body_contains": {},
     "require_auth": {"type": "none"},
     "oauth": {"client_id": "rossflow", "client_secret": "secret", "expires_in": 3600},
+    "echo_errors": False,
 }
 
 # Answers a client may legitimately retry; they are not pinned to an idempotency key.
@@ -365,6 +367,8 @@ class ErpState:
                 final = status < 500 and status not in _TRANSIENT_STATUSES
                 if key and final:
                     self._idempotent[key] = (status, out_headers, out_body, ctype)
+            if status >= 400 and self.config.get("echo_errors"):
+                out_body, ctype = _echo(method, path, headers, body, out_body), "application/json"
             self.stats["by_status"][status] += 1
             record.update({"status": status, "duplicate": duplicate, "document_id": document_id})
             self.received.append(record)
@@ -425,6 +429,21 @@ def _oauth1_valid(auth: dict[str, Any], method: str, url: str, header: str) -> b
         url, http_method=method, headers={"Authorization": header}
     )
     return bool(ok)
+
+
+def _echo(method: str, path: str, headers: dict[str, str], body: bytes, answer: bytes) -> bytes:
+    """An error answer that quotes the request verbatim, credentials included (echo mode)."""
+    return json.dumps(
+        {
+            "error": answer.decode("utf-8", "replace"),
+            "request": {
+                "method": method,
+                "path": path,
+                "headers": headers,
+                "body": body.decode("utf-8", "replace"),
+            },
+        }
+    ).encode()
 
 
 async def _summarize_body(request: Request, body: bytes) -> tuple[dict[str, Any], str | None]:

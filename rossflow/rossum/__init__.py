@@ -5,6 +5,8 @@ Public surface::
     from rossflow.rossum import RossumClient, Timeouts, RetryPolicy, RossumError
 """
 
+from rossflow.http import RetryPolicy, Timeouts
+
 from .client import (
     ClientStats,
     RossumClient,
@@ -29,7 +31,6 @@ from .errors import (
     TaskFailedError,
     UncertainOutcomeError,
 )
-from .policy import RetryPolicy, Timeouts
 from .ratelimit import RateLimiter, shared_limiter
 
 __all__ = [

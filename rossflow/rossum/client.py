@@ -27,7 +27,15 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from rossflow.transport import BlockingTransport, async_transport
+from rossflow.http import (
+    BlockingTransport,
+    RetryPolicy,
+    Timeouts,
+    async_transport,
+    is_idempotent,
+    parse_retry_after,
+)
+from rossflow.http.retry import NOT_SENT_ERRORS
 
 from .errors import (
     AuthenticationError,
@@ -40,7 +48,6 @@ from .errors import (
     api_error_class,
     safe_url,
 )
-from .policy import NOT_SENT_ERRORS, RetryPolicy, Timeouts, parse_retry_after
 from .ratelimit import RateLimiter, shared_limiter
 
 log = logging.getLogger("rossflow.rossum")
@@ -177,7 +184,7 @@ class RossumClient:
         return client
 
     def use_blocking_io(self) -> RossumClient:
-        """Send with blocking sockets (:class:`~rossflow.transport.BlockingTransport`).
+        """Send with blocking sockets (:class:`~rossflow.http.BlockingTransport`).
 
         For a client that one thread uses one request at a time, on that thread's own event
         loop (the ingest's I/O threads): about half the CPU per request. Call it before the
@@ -337,115 +344,105 @@ class RossumClient:
         auth: bool = True,
         rewind: Sequence[IO[bytes]] = (),
     ) -> httpx.Response:
+        """Layered like httpx sends: send → auth → retry → one request; errors raise here."""
         method = method.upper()
         url = self.url(path_or_url)
-        if idempotent is None:
-            idempotent = method in {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"}
-        route = f"{method} {self._route(url)}"
-        attempt = 0
-        rate_limited = 0
-        relogged = False
+        call = _Call(
+            method=method,
+            url=url,
+            route=f"{method} {self._route(url)}",
+            idempotent=is_idempotent(method) if idempotent is None else idempotent,
+            headers=dict(headers or {}),
+            kwargs={
+                "params": _clean_params(params),
+                "json": json,
+                "data": data,
+                "files": files,
+                "content": content,
+            },
+            rewind=tuple(rewind),
+        )
+        resp = await (self._send_with_auth(call) if auth else self._send_with_retry(call, None))
+        if resp.status_code >= 400:
+            raise _api_error(resp, method, url)
+        return resp
+
+    async def _send_with_auth(self, call: _Call) -> httpx.Response:
+        """Bearer token; after a 401, log in again once (if we can) and repeat."""
+        token = await self._ensure_token()
+        resp = await self._send_with_retry(call, token)
+        if resp.status_code == 401 and await self._relogin(token):
+            resp = await self._send_with_retry(call, await self._ensure_token())
+        return resp
+
+    async def _send_with_retry(self, call: _Call, token: str | None) -> httpx.Response:
+        """Repeat what the policy says is safe; a 429 waits (pausing the shared limiter)
+        without using up an attempt. Returns the last answer, whatever its status."""
         policy = self.retry
+        attempt = rate_limited = 0
         while True:
             attempt += 1
-            for stream in rewind:
-                stream.seek(0)
-            req_headers = dict(headers or {})
-            token = None
-            if auth:
-                token = await self._ensure_token()
-                req_headers["Authorization"] = f"Bearer {token}"
-            if self.limiter is not None:
-                await self.limiter.acquire()
-            self.stats.requests += 1
-            self.stats.by_route[route] = self.stats.by_route.get(route, 0) + 1
-            started = time.monotonic()
             try:
-                resp = await self._http.request(
-                    method,
-                    url,
-                    params=_clean_params(params),
-                    json=json,
-                    data=data,
-                    files=files,
-                    content=content,
-                    headers=req_headers,
-                )
+                resp = await self._send_once(call, token)
             except httpx.TransportError as exc:
-                not_sent = isinstance(exc, NOT_SENT_ERRORS)
-                if (idempotent or not_sent) and attempt < policy.max_attempts:
-                    delay = policy.backoff(attempt)
-                    log.warning(
-                        "%s %s failed (%s: %s); retry %d in %.2fs",
-                        method,
-                        safe_url(url),
-                        type(exc).__name__,
-                        exc,
-                        attempt,
-                        delay,
-                    )
-                    self.stats.retries += 1
-                    await asyncio.sleep(delay)
-                    continue
-                cls = RossumTransportError if (idempotent or not_sent) else UncertainOutcomeError
-                what = (
-                    "request failed"
-                    if cls is RossumTransportError
-                    else "no answer to a non-idempotent request; it may have been applied"
-                )
-                raise cls(
-                    f"{what} after {attempt} attempt(s): {type(exc).__name__}: {exc}",
-                    method=method,
-                    url=url,
-                    reached_server=not not_sent,
-                ) from exc
-            elapsed_ms = (time.monotonic() - started) * 1000
-            log.debug("%s %s -> %s (%.0f ms)", method, safe_url(url), resp.status_code, elapsed_ms)
+                if not policy.retry_error(exc, attempt=attempt, idempotent=call.idempotent):
+                    raise _transport_error(call, exc, attempt) from exc
+                delay = policy.backoff(attempt)
+                self._note_retry(call, f"failed ({type(exc).__name__}: {exc})", attempt, delay)
+                await asyncio.sleep(delay)
+                continue
             status = resp.status_code
-            if status < 400:
-                return resp
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            if status == 429 and status in policy.retry_statuses:
+                # An explicit refusal before processing: safe for any method.
+                rate_limited += 1
+                self.stats.rate_limited += 1
+                asked = retry_after if retry_after is not None else policy.backoff(rate_limited)
+                wait = min(policy.max_retry_after_s, asked)
+                if self.limiter is not None:
+                    self.limiter.pause(wait)
+                if rate_limited >= policy.max_rate_limited_attempts:
+                    return resp
+                attempt -= 1
+                self._note_retry(call, "rate limited", None, wait)
+                await asyncio.sleep(wait)
+                continue
+            if status != 429 and policy.retry_status(
+                status, attempt=attempt, idempotent=call.idempotent
+            ):
+                delay = policy.backoff(attempt)
+                if retry_after is not None:
+                    delay = min(policy.max_retry_after_s, max(delay, retry_after))
+                self._note_retry(call, f"-> {status}", attempt, delay)
+                await asyncio.sleep(delay)
+                continue
+            return resp
+
+    async def _send_once(self, call: _Call, token: str | None) -> httpx.Response:
+        """One HTTP request: rate limit, stats, auth header; error bodies are read."""
+        for stream in call.rewind:
+            stream.seek(0)
+        headers = dict(call.headers)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        self.stats.requests += 1
+        self.stats.by_route[call.route] = self.stats.by_route.get(call.route, 0) + 1
+        started = time.monotonic()
+        resp = await self._http.request(call.method, call.url, headers=headers, **call.kwargs)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        log.debug(
+            "%s %s -> %s (%.0f ms)", call.method, safe_url(call.url), resp.status_code, elapsed_ms
+        )
+        if resp.status_code >= 400:
             await resp.aread()
-            if status == 401 and auth and not relogged and token is not None:
-                relogged = True
-                if await self._relogin(token):
-                    attempt -= 1
-                    continue
-            if status in policy.retry_statuses:
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                if status == 429:
-                    self.stats.rate_limited += 1
-                    rate_limited += 1
-                    wait = min(
-                        policy.max_retry_after_s,
-                        retry_after if retry_after is not None else policy.backoff(rate_limited),
-                    )
-                    if self.limiter is not None:
-                        self.limiter.pause(wait)
-                    # A 429 is an explicit refusal before processing: safe for any method.
-                    if rate_limited < policy.max_rate_limited_attempts:
-                        attempt -= 1
-                        self.stats.retries += 1
-                        log.warning(
-                            "%s %s rate limited; waiting %.2fs", method, safe_url(url), wait
-                        )
-                        await asyncio.sleep(wait)
-                        continue
-                elif idempotent and attempt < policy.max_attempts:
-                    delay = policy.backoff(attempt)
-                    if retry_after is not None:
-                        delay = min(policy.max_retry_after_s, max(delay, retry_after))
-                    self.stats.retries += 1
-                    log.warning(
-                        "%s %s -> %s; retry %d in %.2fs",
-                        method,
-                        safe_url(url),
-                        status,
-                        attempt,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-            raise _api_error(resp, method, url)
+        return resp
+
+    def _note_retry(self, call: _Call, what: str, attempt: int | None, delay: float) -> None:
+        self.stats.retries += 1
+        retry = f"retry {attempt} in" if attempt is not None else "waiting"
+        log.warning("%s %s %s; %s %.2fs", call.method, safe_url(call.url), what, retry, delay)
 
     async def get_json(self, path_or_url: str, params: Mapping[str, Any] | None = None) -> Any:
         resp = await self.request("GET", path_or_url, params=params)
@@ -941,6 +938,37 @@ class RossumClient:
         """The original file's bytes (``GET /v1/documents/{id}/content``)."""
         resp = await self.request("GET", f"/v1/documents/{id_from_url(document)}/content")
         return resp.content
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One logical request as the layers of :meth:`RossumClient._send` pass it down."""
+
+    method: str
+    url: str
+    route: str
+    idempotent: bool
+    headers: dict[str, str]
+    kwargs: dict[str, Any]
+    rewind: tuple[IO[bytes], ...] = ()
+
+
+def _transport_error(call: _Call, exc: httpx.TransportError, attempts: int) -> RossumTransportError:
+    """No answer: a plain transport error, or an uncertain outcome for a non-idempotent call
+    that may have reached Rossum."""
+    not_sent = isinstance(exc, NOT_SENT_ERRORS)
+    if call.idempotent or not_sent:
+        cls: type[RossumTransportError] = RossumTransportError
+        what = "request failed"
+    else:
+        cls = UncertainOutcomeError
+        what = "no answer to a non-idempotent request; it may have been applied"
+    return cls(
+        f"{what} after {attempts} attempt(s): {type(exc).__name__}: {exc}",
+        method=call.method,
+        url=call.url,
+        reached_server=not not_sent,
+    )
 
 
 def _csv(value: Any) -> str:

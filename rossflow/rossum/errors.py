@@ -8,18 +8,8 @@ ever carries a token, a password or a request body.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-
-def safe_url(url: str) -> str:
-    """Drop user-info (``user:pass@``) from a URL before it goes into a message."""
-    parts = urlsplit(str(url))
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        parts = parts._replace(netloc=host)
-    return urlunsplit(parts)
+from rossflow.http.urls import safe_url
 
 
 class RossumError(Exception):

@@ -21,12 +21,12 @@ from rossflow.delivery.rest import (
     RawBody,
     RestEndpoint,
     RestRetryPolicy,
-    RestTimeouts,
     deliver,
     deliver_once,
     idempotency_key,
     open_rest_client,
 )
+from rossflow.http import Timeouts
 from rossflow.localstack.erp import ErpServer
 
 FAST_RETRY = RestRetryPolicy(max_attempts=4, backoff_initial_s=0.01, backoff_max_s=0.05)
@@ -343,7 +343,7 @@ async def test_timeout_raises_delivery_error_with_clear_message(erp_server: ErpS
     erp_server.configure({"latency_s": 0.8})
     ep = endpoint(
         erp_server,
-        timeouts=RestTimeouts(read=0.2),
+        timeouts=Timeouts(read=0.2),
         retry=RestRetryPolicy(max_attempts=2, backoff_initial_s=0.01),
     )
     started = time.monotonic()

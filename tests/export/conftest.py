@@ -10,8 +10,11 @@ import pytest
 
 from blocks import RestTarget
 from rossflow.artifacts import ArtifactStore
-from rossflow.export.engine import DocReport, ExportEngine, Targets
+from rossflow.export.batch import DocReport
+from rossflow.export.engine import ExportEngine
 from rossflow.export.loading import load_pipeline
+from rossflow.export.run import engine_steps, export_queue
+from rossflow.export.targets import Targets
 from rossflow.ledger import Ledger
 from rossflow.rossum import RetryPolicy, RossumClient
 
@@ -62,20 +65,26 @@ class ExportRig:
         **engine_kw: Any,
     ) -> list[DocReport]:
         config = load_pipeline(pipeline, code_steps=code_steps)
-        async with self.client() as client:
-            items = await client.export(queue, ids=ids)
-            async with ExportEngine(
+        async with (
+            self.client() as client,
+            ExportEngine(
                 config,
                 client,
                 ledger=Ledger(self.state / "ledger.db"),
                 artifacts=ArtifactStore(self.state / "artifacts"),
                 targets=self.targets(),
                 **engine_kw,
-            ) as engine:
-                batch = await engine.new_batch(queue, items)
-                for step in config.steps_for_queue(queue):
-                    await engine.run_step(batch, step.name)
-                return await engine.finalize(batch)
+            ) as engine,
+        ):
+            # the flow's run loop, driven by the engine's own methods: one batch of ``ids``
+            return await export_queue(
+                client,
+                queue,
+                [step.name for step in config.steps_for_queue(queue)],
+                engine_steps(engine),
+                batch_size=max(1, len(ids)),
+                annotation_ids=ids,
+            )
 
     async def statuses(self, ids: list[int]) -> dict[int, str]:
         async with self.client() as client:

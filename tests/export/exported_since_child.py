@@ -20,9 +20,10 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
 
     from blocks import RestTarget
     from rossflow.artifacts import ArtifactStore
-    from rossflow.export.engine import ExportEngine, Targets
+    from rossflow.export.engine import ExportEngine
     from rossflow.export.exported_since import ExportedSince
     from rossflow.export.loading import load_pipeline
+    from rossflow.export.targets import Targets
     from rossflow.ledger import Ledger
     from rossflow.rossum import RetryPolicy, RossumClient
     from rossflow.state.watermarks import WatermarkStore

@@ -110,11 +110,13 @@ async def test_timeout_fails_with_a_clear_message_or_stays_confirmed(rig):
     ).replace("request: {url: /api/invoices", "request: {url: " + rig.erp.url + "/api/invoices")
     pipeline = pipeline.replace("    target: erp\n", "", 1)
     reports = await rig.run(pipeline, ids[:1])
-    assert reports[0].outcome == "failed_export"
+    # a POST that timed out may have been booked: failed, counted apart (issue 16)
+    assert reports[0].outcome == "failed_uncertain"
+    assert reports[0].status == "failed_export"
     assert "could not deliver" in reports[0].message
     assert "ReadTimeout" in reports[0].message or "timed out" in reports[0].message.lower()
     kept = await rig.run(pipeline, ids[1:], on_failure="keep_confirmed")
-    assert kept[0].outcome == "failed_kept_confirmed"
+    assert kept[0].outcome == "failed_uncertain" and kept[0].status == "confirmed"
     assert (await rig.statuses(ids[1:]))[ids[1]] == "confirmed"
 
 

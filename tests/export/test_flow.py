@@ -44,7 +44,11 @@ async def _statuses(sandbox, ids):
 
 async def test_flow_exports_in_batches_and_publishes_artifacts(sandbox, erp_server, tmp_path):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
 
     from flows.export import export_confirmed
 
@@ -53,13 +57,15 @@ async def test_flow_exports_in_batches_and_publishes_artifacts(sandbox, erp_serv
     pipeline.write_text(ERP_PIPELINE)
     ids = sandbox.seed(queue=1, count=25, status="confirmed")
     sandbox.reset_stats()
-    counts = await export_confirmed(
+    run = await export_confirmed(
         queues=[1],
         pipeline=str(pipeline),
         rossum=rossum,
         batch_size=10,
         state_dir=str(tmp_path / "state"),
+        return_state=True,
     )
+    counts = await run.result()
     assert counts == {"exported": 25}
     assert set((await _statuses(sandbox, ids)).values()) == {"exported"}
     assert erp_server.stats()["documents"] == 25
@@ -73,7 +79,8 @@ async def test_flow_exports_in_batches_and_publishes_artifacts(sandbox, erp_serv
     async with get_client() as client:
         arts = await client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["export-report", "export-summary"])
+                key=ArtifactFilterKey(any_=["export-report", "export-summary"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.state_details.flow_run_id]),
             ),
         )
     kinds = {a.key: a for a in arts}
@@ -93,8 +100,10 @@ async def test_replay_one_annotation_after_a_failure(sandbox, erp_server, tmp_pa
     counts = await export_confirmed(
         queues=[1], pipeline=ERP_PIPELINE, rossum=rossum, concurrency=1, state_dir=str(tmp_path)
     )
-    assert counts == {"exported": 2, "failed_export": 1}
+    # three 500s: the ERP may have booked it (issue 16), Rossum shows failed_export
+    assert counts == {"exported": 2, "failed_uncertain": 1}
     failed = [i for i, s in (await _statuses(sandbox, ids)).items() if s == "failed_export"]
+    assert len(failed) == 1
     erp_server.configure({"default": {"status": 201, "body": {"id": "{{id}}"}}}, merge=True)
     counts = await export_confirmed(
         queues=[1],

@@ -284,8 +284,8 @@ def test_worker_killed_mid_job_then_rossum_retries(sandbox, rig: Rig) -> None:
     from blocks import RestTarget
     from flows.export import load_pipeline_source
     from rossflow.artifacts import ArtifactStore
-    from rossflow.export.engine import Targets
     from rossflow.export.event_run import EventExportEngine, run_jobs
+    from rossflow.export.targets import Targets
     from rossflow.ledger import Ledger
 
     token = setup_hook(sandbox, rig)

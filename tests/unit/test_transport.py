@@ -1,4 +1,4 @@
-"""rossflow.transport: the pooled transport reuses connections and notices server closes."""
+"""rossflow.http.transport: the pooled transport reuses connections and notices server closes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from rossflow.transport import _Stream, async_transport
+from rossflow.http.transport import _Stream, async_transport
 
 
 async def _server(close_after_response: bool) -> tuple[asyncio.Server, int, list[int]]:

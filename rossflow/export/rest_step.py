@@ -1,0 +1,409 @@
+"""REST steps: endpoint resolution, auth tokens, sending through the ledger, reply records.
+
+Exactly once: each call gets a key derived from (annotation, step, URL, payload). The ledger
+records intent before and the reply after; a rerun reuses a recorded reply instead of sending
+again, and a call in flight when a previous run died is repeated with the same
+``Idempotency-Key``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+
+from rossflow.delivery import rest as rest_delivery
+from rossflow.delivery.rest import (
+    FormBody,
+    JsonBody,
+    MultipartBody,
+    RawBody,
+    RestEndpoint,
+    RestRetryPolicy,
+)
+from rossflow.http import Timeouts, join_url
+from rossflow.ledger import EffectBusy, Ledger
+from rossflow.redaction import Redactor
+
+from .batch import DocState
+from .config import AuthConfig, PipelineConfig, RestStep
+from .context import ExportContext
+from .errors import DeliveryError
+from .extract import build_response_record
+from .steps import (
+    PreparedRequest,
+    apply_response,
+    prepare_auth_request,
+    prepare_request,
+    rest_gate,
+    token_from_auth_response,
+)
+from .targets import Targets
+
+# Largest reply body kept in the ledger for reuse on a rerun (larger ones are truncated).
+MAX_RECORDED_REPLY = 256 * 1024
+
+Store = Callable[[DocState, str, list[tuple[str, bytes]]], Awaitable[None]]
+
+
+class RestSender:
+    """Runs REST steps for one export run: one pooled HTTP client per TLS/timeout setting,
+    cached auth tokens, and every credential it uses handed to the run's redactor."""
+
+    def __init__(
+        self,
+        pipeline: PipelineConfig,
+        *,
+        targets: Targets,
+        ledger: Ledger,
+        redactor: Redactor,
+        store: Store,
+        stack: AsyncExitStack,
+        concurrency: int,
+        dry_run: bool,
+    ) -> None:
+        self.pipeline = pipeline
+        self.targets = targets
+        self.ledger = ledger
+        self.redactor = redactor
+        self.store = store
+        self.concurrency = concurrency
+        self.dry_run = dry_run
+        self._stack = stack
+        self._http: dict[tuple[Any, ...], httpx.AsyncClient] = {}
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._token_lock = asyncio.Lock()
+
+    async def _http_client(self, endpoint: RestEndpoint) -> httpx.AsyncClient:
+        key = (
+            endpoint.tls.verify,
+            endpoint.tls.client_cert,
+            endpoint.tls.client_key,
+            endpoint.timeouts,
+        )
+        client = self._http.get(key)
+        if client is None:
+            client = await self._stack.enter_async_context(
+                rest_delivery.open_rest_client(
+                    endpoint,
+                    max_connections=self.concurrency,
+                    max_keepalive_connections=self.concurrency,
+                )
+            )
+            self._http[key] = client
+        return client
+
+    def _endpoint(self, step: RestStep, req: PreparedRequest) -> RestEndpoint:
+        endpoint = self._resolve_endpoint(step, req)
+        self.redactor.add_from(endpoint)
+        return endpoint
+
+    def _resolve_endpoint(self, step: RestStep, req: PreparedRequest) -> RestEndpoint:
+        url = _with_params(req.url, req.params)
+        if step.target:
+            target = self.targets.get("rest", step.target)
+            self.redactor.add_from(target)
+            # The block's name is the name the step used for it.
+            if isinstance(target, RestEndpoint):
+                return target.model_copy(
+                    update={
+                        "url": join_url(target.url, url),
+                        "method": req.method,
+                        "name": step.target,
+                    }
+                )
+            endpoint: RestEndpoint = target.endpoint(url=url, method=req.method)
+            return endpoint.model_copy(update={"name": step.target})
+        retries = step.retries if step.retries is not None else self.pipeline.defaults.retries
+        if (step.mode or self.pipeline.defaults.mode) == "wait" and step.retries is None:
+            retries = max(retries, 2)
+        timeout = float(step.timeout_s or self.pipeline.defaults.timeout_s)
+        return RestEndpoint(
+            url=url,
+            method=req.method,  # type: ignore[arg-type]
+            timeouts=Timeouts(read=timeout, write=timeout),
+            retry=RestRetryPolicy(max_attempts=retries + 1),
+        )
+
+    async def _auth_token(
+        self,
+        auth: AuthConfig,
+        step: RestStep,
+        secrets: dict[str, Any],
+        *,
+        refresh: bool,
+        ctx: ExportContext | None = None,
+    ) -> None:
+        """Rossum v1 ``auth``: fetch a token, cache it, expose it as ``{secret.<cache_as>}``."""
+        req = prepare_auth_request(auth, secrets=secrets, step=step.name, ctx=ctx)
+        cache_key = _sha(_request_bytes(req) + json.dumps(req.headers, sort_keys=True).encode())
+        async with self._token_lock:
+            cached = self._tokens.get(cache_key)
+            if refresh or cached is None or cached[1] <= time.monotonic():
+                endpoint = RestEndpoint(
+                    url=req.url,
+                    method=req.method,  # type: ignore[arg-type]
+                    timeouts=Timeouts(read=req.timeout_s, write=req.timeout_s),
+                )
+                client = await self._http_client(endpoint)
+                try:
+                    result = await rest_delivery.deliver(
+                        client,
+                        endpoint,
+                        _body_for(req),
+                        idempotency_key=_sha(_request_bytes(req) + str(time.time()).encode()),
+                        headers=req.headers,
+                        redactor=self.redactor,
+                    )
+                except rest_delivery.DeliveryError as exc:
+                    raise DeliveryError(
+                        f"authentication request failed: {exc}",
+                        step=step.name,
+                        target=exc.url,
+                        secrets=self.redactor,
+                    ) from exc
+                record = build_response_record(
+                    result.status_code, result.headers, result.body, url=result.url
+                )
+                token, lifetime = token_from_auth_response(
+                    auth, record, step=step.name, secrets=self.redactor
+                )
+                expires = time.monotonic() + (max(30.0, lifetime - 30) if lifetime else 600.0)
+                cached = self._tokens[cache_key] = (token, expires)
+                self.redactor.add(token)
+        secrets[auth.cache_as] = cached[0]
+
+    async def run(self, step: RestStep, doc: DocState, secrets: dict[str, Any]) -> bool:
+        """Send the step's request for one document (or reuse the recorded reply)."""
+        if not rest_gate(step, doc.ctx, secrets=secrets):
+            return False
+        auth = step.auth
+        if isinstance(auth, str):
+            auth = self.pipeline.auths[auth]
+        if auth is not None and not self.dry_run:
+            await self._auth_token(auth, step, secrets, refresh=False, ctx=doc.ctx)
+        elif auth is not None:
+            secrets.setdefault(auth.cache_as, "<token from auth>")
+        req = prepare_request(step, doc.ctx, secrets=secrets, auth=auth)
+        endpoint = self._endpoint(step, req)
+        doc.last_target = endpoint.display_name
+        payload = _request_bytes(req)
+        scope = f"{step.name}|{endpoint.url}"
+        if doc.generation:  # a forced re-send: new keys, so the target takes it again
+            scope += f"|attempt {doc.generation}"
+        key = rest_delivery.idempotency_key(doc.annotation_id, scope, payload)
+        await self.store(doc, step.name, [("request.body", _preview(req))])
+        if self.dry_run:
+            doc.deliveries.append(
+                {"step": step.name, "target": endpoint.display_name, "state": "dry_run"}
+            )
+            doc.dry_stopped = True
+            return True
+        try:
+            done = self.ledger.claim(
+                key,
+                kind="delivery",
+                subject=str(doc.annotation_id),
+                step=step.name,
+                target=endpoint.display_name,
+            )
+        except EffectBusy as exc:
+            return doc.leave_to_holder(exc)
+        if done is not None and "record" in done.result:
+            record = _record_from_ledger(done.result["record"])
+            state = "already_delivered"
+            history: tuple[str, ...] = ()
+            maybe_processed = False
+        else:
+            record, history, maybe_processed = await self._send(
+                step, doc, endpoint, req, key, auth, secrets
+            )
+            state = "delivered"
+        doc.last_http_status = int(record["status_code"])
+        meta = {k: record.get(k) for k in ("status_code", "raw", "url", "elapsed_s")}
+        await self.store(
+            doc,
+            step.name,
+            [
+                ("response.json", json.dumps(meta, default=str).encode()),
+                ("response.body", str(record.get("text") or "").encode()),
+            ],
+        )
+        doc.ctx, outcome = apply_response(
+            step, doc.ctx, record, secrets=self.redactor, target=endpoint.display_name
+        )
+        if state == "delivered":
+            self.ledger.finish(
+                key,
+                ok=outcome.status != "error",
+                result={
+                    "record": _small_record(record, self.redactor),
+                    "http_status": outcome.http_status,
+                },
+            )
+        doc.deliveries.append(
+            {
+                "step": step.name,
+                "target": endpoint.display_name,
+                "state": state,
+                "http_status": outcome.http_status,
+            }
+        )
+        if outcome.status == "warning" and outcome.message:
+            doc.warnings.append(outcome.message)
+        if outcome.status == "error" and outcome.error is not None and history:
+            # A POST whose failed attempts may have been processed may have created the
+            # document: say so, or an operator's retry may book it twice.
+            if endpoint.method == "POST" and maybe_processed:
+                outcome.error.mark_delivery(uncertain=True, attempts=history)
+            elif int(record["status_code"]) >= 400:
+                outcome.error.mark_delivery(uncertain=False, attempts=history)
+        outcome.raise_for_status()
+        return True
+
+    async def _send(
+        self,
+        step: RestStep,
+        doc: DocState,
+        endpoint: RestEndpoint,
+        req: PreparedRequest,
+        key: str,
+        auth: AuthConfig | None,
+        secrets: dict[str, Any],
+    ) -> tuple[dict[str, Any], tuple[str, ...], bool]:
+        """The reply record, what each attempt ended in, and whether a failed attempt may have
+        been processed by the target."""
+        client = await self._http_client(endpoint)
+        history: tuple[str, ...] = ()
+        maybe_processed = False
+        headers = {k: v for k, v in req.headers.items() if k.lower() != "content-type"}
+        body = _body_for(req)
+        try:
+            result = await rest_delivery.deliver(
+                client, endpoint, body, idempotency_key=key, headers=headers, redactor=self.redactor
+            )
+            if result.status_code == 401 and auth is not None:
+                # Rossum's REST export re-authenticates on any 401 and tries once more.
+                history, maybe_processed = result.history, result.maybe_processed
+                await self._auth_token(auth, step, secrets, refresh=True, ctx=doc.ctx)
+                req = prepare_request(step, doc.ctx, secrets=secrets, auth=auth)
+                headers = {k: v for k, v in req.headers.items() if k.lower() != "content-type"}
+                result = await rest_delivery.deliver(
+                    client,
+                    endpoint,
+                    body,
+                    idempotency_key=key,
+                    headers=headers,
+                    redactor=self.redactor,
+                )
+        except rest_delivery.DeliveryError as exc:
+            history += exc.history
+            maybe_processed = maybe_processed or exc.maybe_processed
+            self.ledger.finish(
+                key,
+                ok=False,
+                result={"error": self.redactor(str(exc)), "attempts": list(history)},
+            )
+            error = DeliveryError(
+                f"could not deliver after {exc.attempts} attempt(s): {exc}",
+                step=step.name,
+                target=endpoint.display_name,
+                secrets=self.redactor,
+                retryable=True,
+            )
+            error.mark_delivery(
+                uncertain=endpoint.method == "POST" and maybe_processed,
+                attempts=[self.redactor(a) for a in history],
+            )
+            raise error from exc
+        record = build_response_record(
+            result.status_code,
+            result.headers,
+            result.body,
+            url=result.url,
+            elapsed_s=result.elapsed_s,
+        )
+        return record, history + result.history, maybe_processed or result.maybe_processed
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _request_bytes(req: PreparedRequest) -> bytes:
+    """Canonical bytes of what is sent (hashing input for the idempotency key)."""
+    parts: list[bytes] = [req.method.encode(), req.url.encode(), json.dumps(req.params).encode()]
+    if req.content is not None:
+        parts.append(req.content)
+    if req.json is not None:
+        parts.append(json.dumps(req.json, sort_keys=True, ensure_ascii=False).encode())
+    if req.data:
+        parts.append(json.dumps(req.data, sort_keys=True).encode())
+    for key, (name, data, ctype) in sorted((req.files or {}).items()):
+        parts += [key.encode(), name.encode(), ctype.encode(), data]
+    return b"\0".join(parts)
+
+
+def _body_for(req: PreparedRequest) -> rest_delivery.RequestBody:
+    if req.files:
+        field_name, (filename, data, ctype) = next(iter(req.files.items()))
+        return MultipartBody(
+            content=data,
+            filename=filename,
+            content_type=ctype,
+            field_name=field_name,
+            fields=dict(req.data or {}),
+        )
+    if req.json is not None:
+        return JsonBody(req.json)
+    if req.data is not None:
+        return FormBody(req.data)
+    declared = next((v for k, v in req.headers.items() if k.lower() == "content-type"), None)
+    return RawBody(req.content or b"", declared or "application/octet-stream")
+
+
+def _with_params(url: str, params: Mapping[str, str]) -> str:
+    if not params:
+        return url
+    return str(httpx.URL(url).copy_merge_params(dict(params)))
+
+
+def _small_record(record: Mapping[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """Reply record as stored in the ledger (what later steps need on a rerun), redacted."""
+    text = str(record.get("text") or "")
+    if len(text) > MAX_RECORDED_REPLY:
+        text = text[:MAX_RECORDED_REPLY]
+    return {
+        "status_code": record.get("status_code"),
+        "raw": redactor.data(list(record.get("raw") or [])),
+        "text": redactor(text),
+        "url": redactor(str(record.get("url") or "")) or None,
+        "elapsed_s": record.get("elapsed_s"),
+    }
+
+
+def _record_from_ledger(stored: Mapping[str, Any]) -> dict[str, Any]:
+    return build_response_record(
+        int(stored["status_code"]),
+        [tuple(h) for h in stored.get("raw") or []],
+        str(stored.get("text") or "").encode(),
+        url=stored.get("url"),
+        elapsed_s=stored.get("elapsed_s"),
+    )
+
+
+def _preview(req: PreparedRequest) -> bytes:
+    if req.content is not None:
+        return req.content
+    if req.json is not None:
+        return json.dumps(req.json, ensure_ascii=False, indent=2).encode()
+    if req.files:
+        names = {k: (v[0], v[2], len(v[1])) for k, v in req.files.items()}
+        return json.dumps({"files": names, "fields": req.data or {}}, indent=2).encode()
+    return json.dumps(req.data or {}, indent=2).encode()
