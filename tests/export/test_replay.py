@@ -50,7 +50,7 @@ def _report_rows(state: Path) -> dict[int, dict[str, str]]:
     """Rows of the newest CSV run report, by annotation id."""
     path = max((state / "reports").glob("export-*.csv"), key=lambda p: p.stat().st_mtime)
     with path.open() as f:
-        return {int(row["annotation"]): row for row in csv.DictReader(f)}
+        return {int(row["annotation_id"]): row for row in csv.DictReader(f)}
 
 
 @pytest.mark.usefixtures("prefect_harness")
