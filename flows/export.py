@@ -33,7 +33,6 @@ from rossflow.export.report import markdown_summary, write_report_csv
 from rossflow.export.run import BatchSteps, count_outcomes, run_export
 from rossflow.export.targets import Targets
 from rossflow.ledger import Ledger
-from rossflow.rossum import id_from_url
 from tasks.export import finalize_batch, prepare_batch, run_step
 
 
@@ -220,4 +219,4 @@ async def _publish_report(
     )
 
 
-__all__ = ["export_confirmed", "id_from_url", "load_pipeline_source"]
+__all__ = ["export_confirmed", "load_pipeline_source", "resolve_targets"]

@@ -44,7 +44,7 @@ __all__ = [
     "flatten_fields",
     "get_value",
     "get_values",
-    "id_from_url",
+    "id_in_url",
     "iter_datapoints",
     "node_value",
     "set_datapoint_values",
@@ -58,8 +58,12 @@ Node = Mapping[str, Any]
 _ID_RE = re.compile(r"/(\d+)/?$")
 
 
-def id_from_url(url: str | None) -> int | None:
-    """Return the trailing numeric id of a Rossum API URL (``.../annotations/315777``)."""
+def id_in_url(url: str | None) -> int | None:
+    """The trailing numeric id of a Rossum API URL (``.../annotations/315777``), or ``None``.
+
+    Tolerant, for template contexts built from payloads that may lack a URL; the Rossum client's
+    ``id_from_url`` is the strict one (raises on a URL without an id).
+    """
     if not url:
         return None
     match = _ID_RE.search(str(url))
@@ -302,10 +306,10 @@ def build_payload(item: Mapping[str, Any]) -> dict[str, Any]:
     if "annotation" in item and isinstance(item["annotation"], Mapping):
         payload = dict(item)
         annotation = dict(item["annotation"])
-        annotation.setdefault("id", id_from_url(annotation.get("url")))
+        annotation.setdefault("id", id_in_url(annotation.get("url")))
         payload["annotation"] = annotation
         document = dict(item.get("document") or {})
-        document.setdefault("id", id_from_url(document.get("url")))
+        document.setdefault("id", id_in_url(document.get("url")))
         payload["document"] = document
         payload.setdefault("export_item", None)
         return payload
@@ -318,7 +322,7 @@ def build_payload(item: Mapping[str, Any]) -> dict[str, Any]:
     # Rossum's hook payload too; templates test them (``payload['annotation']['automated']``).
     annotation = {k: v for k, v in item.items() if k not in ("content", "document", "schema")}
     annotation |= {
-        "id": item.get("id") or id_from_url(item.get("url")),
+        "id": item.get("id") or id_in_url(item.get("url")),
         "url": item.get("url"),
         "status": item.get("status"),
         "arrived_at": item.get("arrived_at"),
@@ -331,7 +335,7 @@ def build_payload(item: Mapping[str, Any]) -> dict[str, Any]:
     }
     document = {k: v for k, v in document_in.items() if k not in ("file", "file_name")}
     document |= {
-        "id": id_from_url(document_in.get("url")),
+        "id": id_in_url(document_in.get("url")),
         "url": document_in.get("url"),
         "original_file_name": document_in.get("file_name") or document_in.get("original_file_name"),
         "content": document_in.get("file"),

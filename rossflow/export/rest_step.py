@@ -32,10 +32,11 @@ from rossflow.ledger import EffectBusy, Ledger
 from rossflow.redaction import Redactor
 
 from .batch import DocState
-from .config import AuthConfig, PipelineConfig, RestStep
+from .config import AuthConfig, PipelineConfig, RestStep, SoapStep
 from .context import ExportContext
 from .errors import DeliveryError
 from .extract import build_response_record
+from .soap import soap_fault
 from .steps import (
     PreparedRequest,
     apply_response,
@@ -101,6 +102,13 @@ class RestSender:
 
     def _endpoint(self, step: RestStep, req: PreparedRequest) -> RestEndpoint:
         endpoint = self._resolve_endpoint(step, req)
+        if isinstance(step, SoapStep) and 500 in endpoint.retry.retry_statuses:
+            # SOAP 1.1 servers answer a Fault with 500: a processed, definite answer, not a
+            # transient error, so it is not sent again (gateway errors 502-504 still are).
+            retry = endpoint.retry.model_copy(
+                update={"retry_statuses": endpoint.retry.retry_statuses - {500}}
+            )
+            endpoint = endpoint.model_copy(update={"retry": retry})
         self.redactor.add_from(endpoint)
         return endpoint
 
@@ -260,7 +268,9 @@ class RestSender:
         if outcome.status == "error" and outcome.error is not None and history:
             # A POST whose failed attempts may have been processed may have created the
             # document: say so, or an operator's retry may book it twice.
-            if endpoint.method == "POST" and maybe_processed:
+            # A SOAP Fault is the server's processed, definite refusal: not an unknown outcome.
+            definite = isinstance(step, SoapStep) and soap_fault(record.get("text")) is not None
+            if endpoint.method == "POST" and maybe_processed and not definite:
                 outcome.error.mark_delivery(uncertain=True, attempts=history)
             elif int(record["status_code"]) >= 400:
                 outcome.error.mark_delivery(uncertain=False, attempts=history)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from rossflow.delivery.sftp import SftpConnectionInfo
@@ -14,8 +14,9 @@ from .errors import StepError
 class Targets:
     """Resolves the ``target:`` names of steps to connection objects.
 
-    ``rest``/``sftp``/``s3`` hold objects given directly (tests, the demo); ``loader`` is asked
-    for anything else, e.g. the flow passes a function that loads Prefect blocks by name.
+    ``rest``/``sftp``/``s3`` hold the connection objects by name: the flow resolves the blocks
+    a pipeline names before the run (``flows.export.resolve_targets``); tests and the demo pass
+    objects directly.
     """
 
     def __init__(
@@ -24,23 +25,17 @@ class Targets:
         rest: Mapping[str, Any] | None = None,
         sftp: Mapping[str, SftpConnectionInfo] | None = None,
         s3: Mapping[str, Any] | None = None,
-        loader: Callable[[str, str], Any] | None = None,
     ) -> None:
         self._given: dict[str, dict[str, Any]] = {
             "rest": dict(rest or {}),
             "sftp": dict(sftp or {}),
             "s3": dict(s3 or {}),
         }
-        self._loader = loader
         self._lock = threading.Lock()
 
     def get(self, kind: str, name: str) -> Any:
         with self._lock:
             found = self._given[kind].get(name)
-            if found is None and self._loader is not None:
-                found = self._loader(kind, name)
-                if found is not None:
-                    self._given[kind][name] = found
         if found is None:
             raise StepError(f"unknown {kind} target {name!r} (no block or inline config)")
         return found

@@ -16,7 +16,7 @@ from rossflow.export.context import (
     flatten_fields,
     get_value,
     get_values,
-    id_from_url,
+    id_in_url,
     set_datapoint_values,
     to_datapoint_value,
     value_lookup,
@@ -207,10 +207,10 @@ def test_to_datapoint_value_never_python_repr() -> None:
 
 
 def test_id_from_url() -> None:
-    assert id_from_url("https://x/api/v1/annotations/123") == 123
-    assert id_from_url("https://x/api/v1/annotations/123/") == 123
-    assert id_from_url(None) is None
-    assert id_from_url("https://x/none") is None
+    assert id_in_url("https://x/api/v1/annotations/123") == 123
+    assert id_in_url("https://x/api/v1/annotations/123/") == 123
+    assert id_in_url(None) is None
+    assert id_in_url("https://x/none") is None
 
 
 def test_content_must_be_a_list(export_item: dict[str, Any]) -> None:

@@ -127,10 +127,6 @@ class SpooledContent:
         self.stream.seek(0)
         return self
 
-    @property
-    def in_memory(self) -> bool:
-        return isinstance(self.stream, io.BytesIO)
-
     def close(self) -> None:
         self.stream.close()
 
