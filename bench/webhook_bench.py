@@ -162,7 +162,10 @@ class Bench:
         latencies = [delivered[i] - self.clock.received[i] for i in ids]
         hooks = [self.clock.received[i] for i in ids]
         settle_runs()
-        parts = breakdown(ids, self.clock.received, delivered, all_runs())
+        runs = all_runs()
+        parts = breakdown(ids, self.clock.received, delivered, runs)
+        if self.args.trace:
+            trace(name, min(self.clock.received[i] for i in ids), runs)
         return {
             "scenario": name,
             "docs": count,
@@ -175,6 +178,32 @@ class Bench:
             "hook_spread": max(hooks) - min(hooks) if not gap_s else float("nan"),
             **{k: statistics.median(v) if v else float("nan") for k, v in parts.items()},
         }
+
+
+def trace(name: str, t0: float, runs: list[dict[str, Any]]) -> None:
+    """Print each run of the scenario: created, due, state changes, relative to ``t0`` (the
+    first hook received), to see where the time goes."""
+    api = os.environ["PREFECT_API_URL"]
+    for run in sorted(runs, key=lambda r: r["created"]):
+        created = _ts(run["created"]) or 0.0
+        if created < t0 - 1:
+            continue
+        states = httpx.post(
+            f"{api}/flow_run_states/filter",
+            json={"flow_run_id": run["id"]},
+            timeout=30,
+        )
+        if states.status_code >= 400:  # older servers: GET with a query parameter
+            states = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run["id"]})
+        history = sorted(
+            ((_ts(st["timestamp"]) or 0.0) - t0, st["name"]) for st in states.json()
+        )
+        due = (_ts(run.get("expected_start_time")) or created) - t0
+        print(
+            f"  [{name}] run {run['name']}: created +{created - t0:.2f}s, due +{due:.2f}s; "
+            + ", ".join(f"{state} +{at:.2f}s" for at, state in history),
+            flush=True,
+        )
 
 
 def cpu_model() -> str:
@@ -264,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         "--scenario", choices=["both", "one-by-one", "burst"], default="both", help="what to run"
     )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--trace", action="store_true", help="print every run's created/due/state times"
+    )
     parser.add_argument(
         "--no-fast-start",
         dest="fast_start",
