@@ -17,6 +17,13 @@ Every upload has a *dedupe key* ``ingest:<rossum host>:<queue id>:<sha256>`` in 
 
 A *lease* on the key (:class:`~rossflow.ingest.state.IngestState`) makes sure only one run, and
 one file within a run, uploads a given content at a time; the others wait for its outcome.
+
+Files of the same queue, rule metadata and values go several per request
+(:func:`plan_uploads`, :meth:`Uploader.upload_group`): one task poll and one upload object per
+request, each file keeping its own key, lease and outcome; its ``sent`` record names its
+position in the upload, which maps it to its document. Re-sends (after a crash or a lost
+answer) go alone with ``reject_identical``: Rossum's 409 means the earlier request created the
+document, which is then adopted.
 """
 
 from __future__ import annotations
