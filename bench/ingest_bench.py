@@ -14,7 +14,13 @@ The plain scripts do the same transfers with the same concurrency: list, read ea
 (computing its sha256), ``POST /v1/uploads`` with the same metadata, poll the task, fetch the
 upload object, then move the file to an archive folder (SFTP rename / S3 copy + delete). They do
 not claim, validate, dedupe, record anything, retry safely or report, which is what the flow
-adds. Rossum's client-side rate limit (10 req/s by default) is off for both.
+adds.
+
+Each pair runs unthrottled and under a Rossum rate limit (``--rates``; 10 req/s: the sandbox
+answers 429 beyond it, the flow's client limiter and a token bucket in the plain script keep
+under it), side by side in one command, with the CPU model and the load average printed next to
+the numbers. Under 10 req/s the plain script, with three requests per file, cannot pass
+3.3 files/s, so those runs use ``--throttled-files`` files.
 """
 
 from __future__ import annotations
@@ -100,6 +106,28 @@ def server_process(kind: str, root: Path) -> Iterator[dict[str, Any]]:
 
 
 # ================================================================================ children
+class Limiter:
+    """The plain scripts' client-side rate limit: ``rate`` requests/s shared by all threads."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.next = time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.rate:
+            return
+        with self.lock:
+            now = time.monotonic()
+            at = max(now, self.next)
+            self.next = at + 1.0 / self.rate
+        if at > now:
+            time.sleep(at - now)
+
+
+LIMIT = Limiter(None)
+
+
 def _plain_sftp(cfg: dict[str, Any]) -> tuple[int, int]:
     import httpx
     import paramiko
@@ -167,6 +195,7 @@ def _plain_sftp(cfg: dict[str, Any]) -> tuple[int, int]:
 
 
 def upload_and_wait(http: Any, api_url: str, name: str, data: bytes, meta: dict[str, Any]) -> Any:
+    LIMIT.wait()
     resp = http.post(
         f"{api_url}/v1/uploads",
         params={"queue": 1},
@@ -177,6 +206,7 @@ def upload_and_wait(http: Any, api_url: str, name: str, data: bytes, meta: dict[
     task_url = resp.json()["url"]
     delay = 0.2
     while True:
+        LIMIT.wait()
         task = http.get(task_url, params={"no_redirect": "true"}).json()
         if task["status"] == "succeeded":
             break
@@ -184,6 +214,7 @@ def upload_and_wait(http: Any, api_url: str, name: str, data: bytes, meta: dict[
             raise RuntimeError(task)
         time.sleep(delay)
         delay = min(5.0, delay * 1.5)
+    LIMIT.wait()
     return http.get(task["content"]["upload"]).json()
 
 
@@ -270,6 +301,7 @@ def _options(cfg: dict[str, Any]) -> Any:
         io_concurrency=cfg["concurrency"],
         upload_concurrency=cfg["concurrency"],
         report_max_rows=100,
+        files_per_upload=cfg.get("files_per_upload", 20),
     )
 
 
@@ -281,7 +313,7 @@ def _rossum(cfg: dict[str, Any]) -> Any:
         base_url=api["api_url"],
         username=api["username"],
         password=api["password"],
-        rate_limit_per_s=None,
+        rate_limit_per_s=cfg.get("rate"),
     )
 
 
@@ -343,6 +375,7 @@ def child(mode: str, cfg: dict[str, Any]) -> int:
     started = time.perf_counter()
     logging.getLogger("prefect").setLevel(logging.WARNING)
     _preload(mode, cfg["source"])
+    LIMIT.rate = cfg.get("rate")
     plain = _plain_sftp if cfg["source"] == "sftp" else _plain_s3
     work = {"plain": plain, "flow": _flow, "domain": _domain}[mode]
     ready, cpu = time.perf_counter(), time.process_time()
@@ -456,6 +489,29 @@ def make_files(
         )
 
 
+def machine_line() -> str:
+    """CPU model, CPU count and load average (the machine may be shared)."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} CPU(s), load average before: {_load()}"
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _sandbox_settings(api: dict[str, Any], **values: Any) -> None:
+    import httpx
+
+    httpx.post(
+        f"{api['api_url'].removesuffix('/api')}/_sandbox/settings", json=values, timeout=30
+    ).raise_for_status()
+
+
 def _prefect_server_pid() -> int | None:
     """The Prefect test server this process started (a uvicorn child), to count its CPU."""
     import psutil
@@ -501,6 +557,20 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the pipeline without Prefect (rossflow.ingest.run_ingest)",
     )
     parser.add_argument("--in-flight", type=int, default=4, help="batches in flight")
+    parser.add_argument(
+        "--rates",
+        default="none,10",
+        help="comma list of Rossum rate limits in req/s ('none': unthrottled)",
+    )
+    parser.add_argument(
+        "--throttled-files", type=int, default=150, help="files per rate-limited run"
+    )
+    parser.add_argument(
+        "--files-per-upload",
+        type=int,
+        default=20,
+        help="IngestOptions.files_per_upload of the flow (1: one file per upload request)",
+    )
     parser.add_argument("--modes", default="plain,flow", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
@@ -523,9 +593,12 @@ def main(argv: list[str] | None = None) -> int:
     sftp_root.mkdir()
     results: dict[str, Any] = {}
     sources = [s for s in args.sources.split(",") if s]
+    rates = [None if r.strip() in ("none", "0", "") else float(r) for r in args.rates.split(",")]
+    machine = machine_line()
     print(
         f"ingest benchmark: {args.files} files x {args.size} B, concurrency "
-        f"{args.concurrency}, {os.cpu_count()} CPU(s); working in {work}",
+        f"{args.concurrency}, files per upload {args.files_per_upload}; {machine}; "
+        f"working in {work}",
         flush=True,
     )
     try:
@@ -554,20 +627,31 @@ def main(argv: list[str] | None = None) -> int:
                 "concurrency": args.concurrency,
                 "batch_size": args.batch_size,
                 "in_flight": args.in_flight,
+                "files_per_upload": args.files_per_upload,
             }
-            runs: list[tuple[str, str, str, int]] = []
-            for source in sources:
-                if "plain" in args.modes:
-                    runs.append((source, "plain", f"{source}-plain", args.files))
-                if "flow" in args.modes:
-                    runs.append((source, "flow", f"{source}-flow", args.files))
-                if args.domain:
-                    runs.append((source, "domain", f"{source}-no-prefect", args.files))
+            runs: list[tuple[str, str, str, int, float | None]] = []
+            for rate in rates:
+                suffix = f"-{rate:g}rps" if rate else ""
+                n = args.throttled_files if rate else args.files
+                for source in sources:
+                    if "plain" in args.modes:
+                        runs.append((source, "plain", f"{source}-plain{suffix}", n, rate))
+                    if "flow" in args.modes:
+                        runs.append((source, "flow", f"{source}-flow{suffix}", n, rate))
+                    if args.domain:
+                        runs.append((source, "domain", f"{source}-no-prefect{suffix}", n, rate))
             if args.rss_files:
                 runs.append(
-                    (sources[0], "flow", f"{sources[0]}-flow-{args.rss_files}", args.rss_files)
+                    (
+                        sources[0],
+                        "flow",
+                        f"{sources[0]}-flow-{args.rss_files}",
+                        args.rss_files,
+                        None,
+                    )
                 )
-            for index, (source, mode, name, n) in enumerate(runs):
+            for index, (source, mode, name, n, rate) in enumerate(runs):
+                _sandbox_settings(api, rate_limit_per_s=rate)
                 directory = f"/in{index}" if source == "sftp" else f"in{index}"
                 print(f"  {name}: preparing {n} files…", flush=True)
                 make_files(
@@ -581,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 cfg = {
                     **base,
+                    "rate": rate,
                     "source": source,
                     "directory": directory,
                     "ledger": str(work / f"{name}.db"),
@@ -604,14 +689,22 @@ def main(argv: list[str] | None = None) -> int:
     ]
     lines += [row(name, r) for name, r in results.items()]
     lines.append("")
-    for source in sources:
-        plain, flow = results.get(f"{source}-plain"), results.get(f"{source}-flow")
-        if plain and flow:
-            lines.append(
-                f"{source}: flow/plain throughput = "
-                f"{flow['files_per_s'] / plain['files_per_s']:.0%}, "
-                f"peak RSS flow/plain = {flow['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x"
-            )
+    for rate in rates:
+        suffix = f"-{rate:g}rps" if rate else ""
+        limit = f"Rossum limit {rate:g} req/s" if rate else "unthrottled"
+        for source in sources:
+            plain = results.get(f"{source}-plain{suffix}")
+            flow = results.get(f"{source}-flow{suffix}")
+            if plain and flow:
+                lines.append(
+                    f"{source}, {limit}: flow/plain throughput = "
+                    f"{flow['files_per_s'] / plain['files_per_s']:.2f}x "
+                    f"({flow['files_per_s']:.1f} vs {plain['files_per_s']:.1f} files/s), "
+                    f"Rossum requests/file {flow['rossum_requests'] / max(1, flow['files']):.2f}"
+                    f" vs {plain['rossum_requests'] / max(1, plain['files']):.2f}, "
+                    f"peak RSS flow/plain = {flow['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x"
+                )
+    lines.append(f"{machine}; load average after: {_load()}")
     if args.rss_files and f"{sources[0]}-flow" in results:
         small = results[f"{sources[0]}-flow"]
         big = results[f"{sources[0]}-flow-{args.rss_files}"]

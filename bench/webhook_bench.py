@@ -1,11 +1,13 @@
 """Webhook benchmark: Rossum hook received → document delivered to the ERP, on the local stack.
 
     python -m bench.webhook_bench                    # 20 documents, both scenarios
-    python -m bench.webhook_bench --docs 20 --gap 6 --coalesce 2 --poll 1 --markdown
+    python -m bench.webhook_bench --database-url postgresql+asyncpg://prefect@127.0.0.1/prefect
+    python -m bench.webhook_bench --docs 20 --gap 6 --coalesce 2 --poll 1 --markdown --trace
 
 What runs where (all on 127.0.0.1):
 
-* a Prefect server (``prefect server start``, SQLite, own temp home; deployment concurrency slot
+* a Prefect server (``prefect server start``, own temp home, SQLite unless ``--database-url``
+  names a PostgreSQL database as in production; deployment concurrency slot
   wait 2 s instead of 30 s, as the docs recommend for hook-driven exports);
 * the Rossum sandbox and the ERP stand-in, each in its own process;
 * ``rossflow webhook`` (in this process: it timestamps every ``confirmed`` call it receives) with
@@ -160,8 +162,12 @@ class Bench:
         delivered = self.wait_delivered(ids, timeout=120 + count * (gap_s + 5))
         wall = time.monotonic() - started
         latencies = [delivered[i] - self.clock.received[i] for i in ids]
+        hooks = [self.clock.received[i] for i in ids]
         settle_runs()
-        parts = breakdown(ids, self.clock.received, delivered, all_runs())
+        runs = all_runs()
+        parts = breakdown(ids, self.clock.received, delivered, runs)
+        if self.args.trace:
+            trace(name, min(self.clock.received[i] for i in ids), runs)
         return {
             "scenario": name,
             "docs": count,
@@ -171,8 +177,42 @@ class Bench:
             "max": max(latencies),
             "min": min(latencies),
             "wall": wall,
+            "hook_spread": max(hooks) - min(hooks) if not gap_s else float("nan"),
             **{k: statistics.median(v) if v else float("nan") for k, v in parts.items()},
         }
+
+
+def trace(name: str, t0: float, runs: list[dict[str, Any]]) -> None:
+    """Print each run of the scenario: created, due, state changes, relative to ``t0`` (the
+    first hook received), to see where the time goes."""
+    api = os.environ["PREFECT_API_URL"]
+    for run in sorted(runs, key=lambda r: r["created"]):
+        created = _ts(run["created"]) or 0.0
+        if created < t0 - 1:
+            continue
+        states = httpx.post(
+            f"{api}/flow_run_states/filter",
+            json={"flow_run_id": run["id"]},
+            timeout=30,
+        )
+        if states.status_code >= 400:  # older servers: GET with a query parameter
+            states = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run["id"]})
+        history = sorted(
+            ((_ts(st["timestamp"]) or 0.0) - t0, st["name"]) for st in states.json()
+        )
+        due = (_ts(run.get("expected_start_time")) or created) - t0
+        print(
+            f"  [{name}] run {run['name']}: created +{created - t0:.2f}s, due +{due:.2f}s; "
+            + ", ".join(f"{state} +{at:.2f}s" for at, state in history),
+            flush=True,
+        )
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 def all_runs() -> list[dict[str, Any]]:
@@ -197,16 +237,25 @@ def breakdown(
     for run in runs:
         start, end = _ts(run.get("start_time")), _ts(run.get("end_time"))
         if start and end:
-            spans.append((start, end, _ts(run["created"]) or start))
-    out: dict[str, list[float]] = {"wait_run": [], "wait_start": [], "export": []}
+            created = _ts(run["created"]) or start
+            due = _ts(run.get("expected_start_time")) or created
+            spans.append((start, end, created, due))
+    out: dict[str, list[float]] = {
+        "wait_run": [],
+        "wait_due": [],
+        "wait_start": [],
+        "export": [],
+    }
     for i in ids:
         hit = [s for s in spans if s[0] <= delivered[i] <= s[1] + 0.5]
         if not hit:
             continue
-        start, _, created = min(hit, key=lambda s: s[0])
+        start, _, created, due = min(hit, key=lambda s: s[0])
         exists = max(received[i], created)
+        due = max(exists, due)
         out["wait_run"].append(exists - received[i])
-        out["wait_start"].append(max(0.0, start - exists))
+        out["wait_due"].append(due - exists)  # schedule_after (the trigger's window)
+        out["wait_start"].append(max(0.0, start - due))
         out["export"].append(delivered[i] - max(start, received[i]))
     return out
 
@@ -218,7 +267,10 @@ def settle_runs(quiet_s: float = 15.0, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     last, since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        runs = httpx.post(f"{api}/flow_runs/filter", json={"limit": 200}, timeout=30).json()
+        try:
+            runs = httpx.post(f"{api}/flow_runs/filter", json={"limit": 200}, timeout=30).json()
+        except httpx.TimeoutException:  # a loaded server: ask again
+            continue
         busy = [r for r in runs if r["state_type"] not in ("COMPLETED", "FAILED", "CRASHED")]
         if len(runs) != last or busy:
             last, since = len(runs), time.monotonic()
@@ -237,12 +289,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--docs", type=int, default=20, help="documents per scenario")
     parser.add_argument("--gap", type=float, default=6.0, help="one-by-one: seconds between")
-    parser.add_argument("--coalesce", type=float, default=2.0, help="trigger window, seconds")
-    parser.add_argument("--poll", type=float, default=1.0, help="runner poll interval, seconds")
+    parser.add_argument("--coalesce", type=float, default=1.0, help="trigger window, seconds")
+    parser.add_argument("--poll", type=float, default=0.5, help="runner poll interval, seconds")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL"),
+        help="the Prefect server's database, e.g. postgresql+asyncpg://prefect@127.0.0.1/prefect "
+        "(as in docker/compose.yaml; default: SQLite in a temporary home, which adds ~2 s "
+        "between a trigger's action and the flow run's creation)",
+    )
     parser.add_argument(
         "--scenario", choices=["both", "one-by-one", "burst"], default="both", help="what to run"
     )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument(
+        "--trace", action="store_true", help="print every run's created/due/state times"
+    )
     parser.add_argument(
         "--no-fast-start",
         dest="fast_start",
@@ -251,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    print(f"load average before: {load_average():.2f} on {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"{cpu_model()}; load average before: {load_average():.2f} on {os.cpu_count()} CPUs",
+        flush=True,
+    )
     started = time.monotonic()
     subprocess.run(
         [sys.executable, "-c", "import prefect.engine, flows.export"], cwd=ROOT, check=True
@@ -259,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     imports_s = time.monotonic() - started
     print(f"a flow-run process imports Prefect + the export flow in {imports_s:.1f}s", flush=True)
     os.environ["PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS"] = "2"
+    if args.database_url:  # the server process inherits it
+        os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = args.database_url
     workdir = Path(tempfile.mkdtemp(prefix="bench-webhook-"))
     with services(start_prefect_server, start_sandbox, start_erp) as (prefect, sandbox, erp):
         os.environ.update(prefect.client_env())  # before this process first touches Prefect
@@ -346,11 +413,16 @@ async def _run(
         log.close()
     print()
     print(
-        f"webhook received → ERP delivery, runner poll {args.poll:g}s, trigger window "
-        f"{args.coalesce:g}s, load average after {load_average():.2f} on {os.cpu_count()} CPUs"
+        f"webhook received → ERP delivery, Prefect server on "
+        f"{'PostgreSQL' if 'postgresql' in (args.database_url or '') else 'SQLite'}, "
+        f"runner poll {args.poll:g}s, trigger window "
+        f"{args.coalesce:g}s, {cpu_model()}, load average after {load_average():.2f} on "
+        f"{os.cpu_count()} CPUs"
     )
     print(
-        "(medians of the parts: hook → the export run exists → it is Running → document at the ERP)"
+        "(medians of the parts: hook → the export run exists → its scheduled start (the "
+        "trigger's schedule_after) → it is Running → document at the ERP; burst: seconds "
+        "between the first and the last hook call received)"
     )
     print(
         render_table(
@@ -363,9 +435,11 @@ async def _run(
                 "min s",
                 "max s",
                 "→ run exists",
+                "→ run due",
                 "→ run starts",
                 "→ ERP",
                 "wall s",
+                "hooks spread s",
             ],
             [
                 [
@@ -377,9 +451,11 @@ async def _run(
                     f"{r['min']:.2f}",
                     f"{r['max']:.2f}",
                     f"{r['wait_run']:.2f}",
+                    f"{r['wait_due']:.2f}",
                     f"{r['wait_start']:.2f}",
                     f"{r['export']:.2f}",
                     f"{r['wall']:.1f}",
+                    "–" if r["hook_spread"] != r["hook_spread"] else f"{r['hook_spread']:.2f}",
                 ]
                 for r in rows
             ],

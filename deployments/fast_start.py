@@ -28,8 +28,15 @@ from uuid import UUID
 
 log = logging.getLogger("rossflow.serve")
 
-#: Imported once by the fork server; every flow run starts with them loaded.
-PRELOAD = ("prefect.flow_engine", "flows.export", "flows.export_event", "flows.ingest")
+#: Imported once by the fork server; every flow run starts with them loaded (the last one
+#: also runs Prefect's server version check there, so the forked runs skip it).
+PRELOAD = (
+    "prefect.flow_engine",
+    "flows.export",
+    "flows.export_event",
+    "flows.ingest",
+    "deployments.forkserver_warm",
+)
 
 _lock = threading.Lock()
 _context: multiprocessing.context.BaseContext | None = None

@@ -103,6 +103,20 @@ class IngestOptions(BaseModel):
         "no longer exists in Rossum (deleted, purged, 404): upload it again instead of moving "
         "it to failed/ with reason 'annotation_missing'.",
     )
+    files_per_upload: int = Field(
+        default=20,
+        ge=1,
+        le=100,
+        description="Files sent in one Rossum upload request when they go to the same queue "
+        "with the same rule metadata and values (one task poll and one upload object per "
+        "upload instead of per file). 1 sends every file alone.",
+    )
+    upload_bytes: int = Field(
+        default=36 * 1024 * 1024,
+        ge=1,
+        le=40 * 1024 * 1024,
+        description="Size bound of one multi-file upload (Rossum allows 40 MB in all).",
+    )
     report_max_rows: int = Field(
         default=500, ge=0, description="Rows of successful files kept in the report table."
     )
@@ -138,6 +152,7 @@ class FileItem:
     lease: str | None = None  # token when we hold the lease on upload_key
     waiting_on: str | None = None  # another holder of the same content's lease
     task_url: str | None = None
+    upload_index: int | None = None  # position in a multi-file upload (its task is shared)
     document_id: int | None = None
     annotation_ids: list[int] = field(default_factory=list)
     outcome: str | None = None

@@ -43,7 +43,7 @@ from rossflow.ingest.report import IngestReport
 from rossflow.ingest.rules import RoutingRule, RuleSet
 from rossflow.ingest.sources import Source, SpooledContent
 from rossflow.ingest.state import IngestState, RunOwner, owner_is_stale
-from rossflow.ingest.uploads import Uploader
+from rossflow.ingest.uploads import Uploader, build_group_metadata, plan_uploads
 from rossflow.ingest.validation import check_content, check_name, check_size
 from rossflow.ledger import Ledger
 from rossflow.rossum import RossumClient
@@ -218,6 +218,16 @@ class IngestRuntime:
     def rule_of(self, item: FileItem) -> RoutingRule | None:
         return self.rules.rules[item.rule_index] if item.rule_index is not None else None
 
+    def upload_key_of(self, item: FileItem) -> tuple[Any, ...]:
+        """Files with the same key may share one upload request: same queue, and the same
+        metadata and values from their rule (Rossum applies them to the whole upload)."""
+        rule = self.rule_of(item)
+        return (
+            item.queue_id,
+            json.dumps(rule.metadata if rule else None, sort_keys=True, default=str),
+            json.dumps(rule.values if rule else None, sort_keys=True, default=str),
+        )
+
     def route(self, item: FileItem) -> bool:
         found = self.rules.route(item.rel, item.origin)
         if found is None:
@@ -357,17 +367,42 @@ def validate(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
 
 
 def upload(rt: IngestRuntime, items: list[FileItem]) -> list[FileItem]:
-    """Start each file's transfer (read → checks → upload → wait for the task) in an I/O
-    thread; return once every file of the batch has been sent (or settled otherwise)."""
+    """Read each file once (checks on the way) in the I/O threads, pack the files that go to
+    the same queue with the same rule metadata into multi-file uploads, and send each upload
+    from an I/O thread, whose wait for Rossum's task follows at once (the wait step collects
+    it). Returns once every file of the batch has been sent (or settled otherwise)."""
     rt.heartbeat()
-    sent: list[threading.Event] = []
-    for item in items:
-        if item.final:
-            continue
+    todo = [item for item in items if not item.final]
+    if rt.options.files_per_upload <= 1:
+        sent: list[threading.Event] = []
+        for item in todo:
+            event = threading.Event()
+            rt.transfers[item.path] = rt.uploads.submit(_transfer, rt, item, event)
+            sent.append(event)
+        for event in sent:
+            event.wait()
+        return items
+    contents: dict[str, SpooledContent] = {}
+    for item, content in zip(todo, rt.uploads.map(lambda i: _read(rt, i), todo), strict=True):
+        if content is not None:
+            contents[item.path] = content
+    groups = plan_uploads(
+        [(i, contents[i.path].size, rt.source.uri(i.origin)) for i in todo if i.path in contents],
+        key_of=rt.upload_key_of,
+        metadata_of=lambda item, entries: build_group_metadata(
+            rt.rule_of(item), entries, run_id=rt.run_id
+        ),
+        max_files=rt.options.files_per_upload,
+        max_bytes=rt.options.upload_bytes,
+    )
+    events: list[threading.Event] = []
+    for group in groups:
         event = threading.Event()
-        rt.transfers[item.path] = rt.uploads.submit(_transfer, rt, item, event)
-        sent.append(event)
-    for event in sent:
+        future = rt.uploads.submit(_transfer_group, rt, group, contents, event)
+        for item in group:
+            rt.transfers[item.path] = future
+        events.append(event)
+    for event in events:
         event.wait()
     return items
 
@@ -384,7 +419,35 @@ def _transfer(rt: IngestRuntime, item: FileItem, sent: threading.Event) -> None:
         rossum.run(_wait_one(rossum, item, rt.source.uri(item.origin)))
 
 
-async def _send(rt: IngestRuntime, rossum: RossumThread, item: FileItem) -> None:
+def _transfer_group(
+    rt: IngestRuntime,
+    group: list[FileItem],
+    contents: dict[str, SpooledContent],
+    sent: threading.Event,
+) -> None:
+    """Send one planned upload, then wait for its task (once per task, not per file)."""
+    rossum = rt.rossum()
+    try:
+        rossum.run(_send_group(rt, rossum, group, contents))
+    finally:
+        sent.set()
+    by_task: dict[str, list[FileItem]] = {}
+    for item in group:
+        if item.task_url is not None and not item.final:
+            by_task.setdefault(item.task_url, []).append(item)
+    for members in by_task.values():
+        if len(members) == 1 or any(i.upload_index is None for i in members):
+            for item in members:
+                rossum.run(_wait_one(rossum, item, rt.source.uri(item.origin)))
+            continue
+        rossum.run(
+            rossum.uploader.wait_group([(i, rt.source.uri(i.origin)) for i in members])
+        )
+
+
+def _read(rt: IngestRuntime, item: FileItem) -> SpooledContent | None:
+    """Read the file once (sha256, size, first bytes) and check it; None when it cannot be
+    uploaded (the item then has its outcome)."""
     opts = rt.options
     content: SpooledContent | None = None
     try:
@@ -411,7 +474,7 @@ async def _send(rt: IngestRuntime, rossum: RossumThread, item: FileItem) -> None
         assert item.file_type is not None
         check_content(item.rel, item.file_type, content.head)
         item.size, item.sha256 = content.size, content.sha256
-        await rossum.uploader.upload(item, content, rt.rule_of(item), rt.source.uri(item.origin))
+        return content
     except E.FileRejected as rej:
         if rej.reason == E.VANISHED and rt.source.vanished_means_gone:
             item.skip("gone", "the file was taken by another run or deleted", step="upload")
@@ -421,11 +484,56 @@ async def _send(rt: IngestRuntime, rossum: RossumThread, item: FileItem) -> None
         if E.is_transient(exc):
             item.defer("source_unavailable", E.describe(exc), step="upload")
         else:
+            log.exception("reading %s failed", item.origin)
+            item.defer("unexpected_error", E.describe(exc), step="upload")
+    if content is not None:
+        content.close()
+    return None
+
+
+async def _send_group(
+    rt: IngestRuntime,
+    rossum: RossumThread,
+    group: list[FileItem],
+    contents: dict[str, SpooledContent],
+) -> None:
+    members = [(item, contents[item.path], rt.source.uri(item.origin)) for item in group]
+    try:
+        await rossum.uploader.upload_group(members, rt.rule_of(group[0]))
+    except E.FileRejected as rej:  # e.g. a rule's metadata too large for Rossum
+        for item in group:
+            if not item.final and item.task_url is None and item.waiting_on is None:
+                item.fail(rej.reason, rej.message, step=rej.step, rossum=rej.rossum)
+    except Exception as exc:
+        log.exception("upload of %d files failed", len(group))
+        for item in group:
+            if not item.final and item.task_url is None and item.waiting_on is None:
+                item.defer("unexpected_error", E.describe(exc), step="upload")
+    finally:
+        for item in group:
+            contents.pop(item.path).close()
+            if item.final and item.outcome not in (UPLOADED, DUPLICATE):
+                rossum.uploader.release(item)
+
+
+async def _send(rt: IngestRuntime, rossum: RossumThread, item: FileItem) -> None:
+    content = _read(rt, item)
+    if content is None:
+        if item.final and item.outcome not in (UPLOADED, DUPLICATE):
+            rossum.uploader.release(item)
+        return
+    try:
+        await rossum.uploader.upload(item, content, rt.rule_of(item), rt.source.uri(item.origin))
+    except E.FileRejected as rej:
+        item.fail(rej.reason, rej.message, step=rej.step, rossum=rej.rossum)
+    except Exception as exc:
+        if E.is_transient(exc):
+            item.defer("source_unavailable", E.describe(exc), step="upload")
+        else:
             log.exception("upload of %s failed", item.origin)
             item.defer("unexpected_error", E.describe(exc), step="upload")
     finally:
-        if content is not None:
-            content.close()
+        content.close()
         if item.final and item.outcome not in (UPLOADED, DUPLICATE):
             rossum.uploader.release(item)
 

@@ -17,6 +17,13 @@ Every upload has a *dedupe key* ``ingest:<rossum host>:<queue id>:<sha256>`` in 
 
 A *lease* on the key (:class:`~rossflow.ingest.state.IngestState`) makes sure only one run, and
 one file within a run, uploads a given content at a time; the others wait for its outcome.
+
+Files of the same queue, rule metadata and values go several per request
+(:func:`plan_uploads`, :meth:`Uploader.upload_group`): one task poll and one upload object per
+request, each file keeping its own key, lease and outcome; its ``sent`` record names its
+position in the upload, which maps it to its document. Re-sends (after a crash or a lost
+answer) go alone with ``reject_identical``: Rossum's 409 means the earlier request created the
+document, which is then adopted.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import logging
 import posixpath
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +47,7 @@ from rossflow.ingest.state import IngestState
 from rossflow.ingest.validation import mime_type
 from rossflow.ledger import Effect, Ledger
 from rossflow.rossum import (
+    ConflictError,
     DeadlineExceededError,
     NotFoundError,
     RateLimitedError,
@@ -50,6 +58,7 @@ from rossflow.rossum import (
     ServerError,
     TaskFailedError,
     UncertainOutcomeError,
+    UploadResult,
     id_from_url,
 )
 
@@ -98,6 +107,90 @@ def build_metadata(
     return metadata
 
 
+def file_entry(*, name: str, sha256: str, size: int, source_uri: str) -> dict[str, Any]:
+    """What identifies one file of a multi-file upload in the annotations' metadata."""
+    return {"original_file_name": name, "sha256": sha256, "size": size, "source_uri": source_uri}
+
+
+def build_group_metadata(
+    rule: RoutingRule | None, entries: Sequence[dict[str, Any]], *, run_id: str
+) -> dict[str, Any]:
+    """Metadata of a multi-file upload. Rossum sets one metadata object on every annotation of
+    an upload, so each file is identified by its entry in ``files`` (its document's
+    ``original_file_name`` picks the entry; names are unique within an upload)."""
+    return {**(rule.metadata if rule else {}), "ingest_run": run_id, "files": list(entries)}
+
+
+def metadata_size(metadata: dict[str, Any]) -> int:
+    return len(json.dumps(metadata).encode())
+
+
+def metadata_matches(meta: dict[str, Any], sha256: str, name: str | None) -> bool:
+    """Is this annotation (metadata ``meta``, document named ``name``) the upload of content
+    ``sha256``? Single uploads carry ``sha256``; multi-file uploads a ``files`` list."""
+    if meta.get("sha256") == sha256:
+        return True
+    files = meta.get("files")
+    if not isinstance(files, list):
+        return False
+    return any(
+        isinstance(f, dict)
+        and f.get("sha256") == sha256
+        and (name is None or f.get("original_file_name") == name)
+        for f in files
+    )
+
+
+def file_metadata(meta: dict[str, Any], document_name: str) -> dict[str, Any]:
+    """What identifies the file behind an annotation (``original_file_name``, ``sha256``,
+    ``size``, ``source_uri``) whether it was uploaded alone (top-level keys) or with others
+    (its entry in ``files``, picked by its document's ``original_file_name``); {} if none."""
+    for entry in meta.get("files") or []:
+        if isinstance(entry, dict) and entry.get("original_file_name") == document_name:
+            return entry
+    keys = ("original_file_name", "sha256", "size", "source_uri")
+    return {k: meta[k] for k in keys if k in meta}
+
+
+def plan_uploads(
+    members: Sequence[tuple[FileItem, int, str]],
+    *,
+    key_of: Callable[[FileItem], Any],
+    metadata_of: Callable[[FileItem, list[dict[str, Any]]], dict[str, Any]],
+    max_files: int,
+    max_bytes: int,
+) -> list[list[FileItem]]:
+    """Pack ``(item, size, source_uri)`` into uploads: same ``key_of`` (queue, rule metadata
+    and values), at most ``max_files`` files and ``max_bytes`` in all, unique file names, and
+    the group's metadata within Rossum's 4 kB. Order is kept within a key."""
+    open_groups: dict[Any, tuple[list[FileItem], list[dict[str, Any]], set[str], int]] = {}
+    out: list[list[FileItem]] = []
+    for item, size, source_uri in members:
+        assert item.sha256 is not None
+        name = posixpath.basename(item.rel)
+        entry = file_entry(name=name, sha256=item.sha256, size=size, source_uri=source_uri)
+        key = key_of(item)
+        group = open_groups.get(key)
+        if group is not None:
+            items, entries, names, total = group
+            fits = (
+                len(items) < max_files
+                and total + size <= max_bytes
+                and name not in names
+                and metadata_size(metadata_of(item, [*entries, entry])) <= MAX_METADATA_BYTES
+            )
+            if fits:
+                items.append(item)
+                entries.append(entry)
+                names.add(name)
+                open_groups[key] = (items, entries, names, total + size)
+                continue
+            out.append(items)
+        open_groups[key] = ([item], [entry], {name}, size)
+    out.extend(items for items, _, _, _ in open_groups.values())
+    return out
+
+
 class Uploader:
     """Upload and wait steps for the items of one upload thread (async, one Rossum client)."""
 
@@ -130,16 +223,21 @@ class Uploader:
                 params["created_at_after"] = iso(since - 600)  # generous for clock skew
             annotation_ids: list[int] = []
             documents: dict[int, int] = {}
+            doc_names: dict[int, str] = {}
             async for doc in self.client.paginate("/v1/documents", params):
                 for ann in doc.get("annotations") or []:
                     ann_id = id_from_url(ann)
                     annotation_ids.append(ann_id)
                     documents[ann_id] = int(doc["id"])
+                    doc_names[ann_id] = doc.get("original_file_name") or name
             if not annotation_ids:
                 continue
             async for ann in self.client.list_annotations(ids=annotation_ids):
                 meta = ann.get("metadata") or {}
-                if meta.get("sha256") == sha256 and id_from_url(ann["queue"]) == queue_id:
+                if (
+                    metadata_matches(meta, sha256, doc_names.get(int(ann["id"]), name))
+                    and id_from_url(ann["queue"]) == queue_id
+                ):
                     return {
                         "document_ids": [documents.get(ann["id"], 0)],
                         "annotation_ids": [int(ann["id"])],
@@ -166,6 +264,7 @@ class Uploader:
         result = effect.result
         if result.get("phase") == "sent":
             item.task_url = result.get("task_url")
+            item.upload_index = result.get("upload_index")
             if result.get("source_uri") != source_uri:
                 item.note = f"identical content is being imported from {result.get('source_uri')}"
             return
@@ -227,6 +326,14 @@ class Uploader:
     ) -> None:
         """Send ``item`` (or adopt what the ledger/Rossum already has). Sets ``task_url``, a
         final outcome, or ``waiting_on``."""
+        resend = await self._prepare(item, source_uri)
+        if resend is not None:
+            await self._send_one(item, content, rule, source_uri, resend=resend)
+
+    async def _prepare(self, item: FileItem, source_uri: str) -> bool | None:
+        """Lease and ledger checks before sending: None when ``item`` needs no upload (adopted,
+        settled, or waiting on another holder); otherwise whether it is a *re-send* (a crashed
+        run may have sent it already: send with ``reject_identical``)."""
         assert item.queue_id is not None and item.sha256 is not None
         key = dedupe_key(self.namespace, item.queue_id, item.sha256)
         item.upload_key = key
@@ -234,7 +341,7 @@ class Uploader:
         holder = self.state.acquire_lease(key, token, self.run_id)
         if holder is not None:
             item.waiting_on = holder
-            return
+            return None
         item.lease = token
         name = posixpath.basename(item.rel)
         effect = self.ledger.get(key)
@@ -243,7 +350,7 @@ class Uploader:
             missing = await self._missing_annotations(ids) if ids else []
             if not missing:
                 self._adopt(item, effect, source_uri)
-                return
+                return None
             if not self.options.reupload_missing:
                 self._apply_ids(item, effect.result)
                 item.fail(
@@ -255,7 +362,7 @@ class Uploader:
                     "and drop the file once more.",
                     step="upload",
                 )
-                return
+                return None
             item.note = f"uploaded again: {'; '.join(missing)} (reupload_missing)"
         if effect is not None and effect.state == "started":
             found = await self.find_existing(
@@ -264,7 +371,25 @@ class Uploader:
             if found is not None:
                 self.reconciled += 1
                 self._found(item, key, found, source_uri, "found in Rossum after a crash")
-                return
+                return None
+            return True
+        return False
+
+    async def _send_one(
+        self,
+        item: FileItem,
+        content: SpooledContent,
+        rule: RoutingRule | None,
+        source_uri: str,
+        *,
+        resend: bool = False,
+    ) -> None:
+        """Upload one file alone. A re-send (after a crash or a lost answer) asks Rossum to
+        ``reject_identical``: a 409 means the earlier request did create the document, which
+        is then looked up and adopted instead of being duplicated."""
+        assert item.queue_id is not None and item.sha256 is not None and item.upload_key
+        key = item.upload_key
+        name = posixpath.basename(item.rel)
         metadata = build_metadata(
             rule,
             source_uri=source_uri,
@@ -275,22 +400,41 @@ class Uploader:
         )
         values = dict(rule.values) if rule and rule.values else None
         content_type = mime_type(item.file_type) if item.file_type else "application/octet-stream"
-        for attempt in range(1, self.options.upload_attempts + 1):
+        attempt = 0
+        while attempt < self.options.upload_attempts:
+            attempt += 1
             self.ledger.begin(
                 key, kind=KIND, subject=f"{item.queue_id}:{item.sha256}", step="upload", target=name
             )
             content.stream.seek(0)
+            sent_before = item.sent_here
             try:
                 self.sent += 1
                 item.sent_here = True
-                task_url = await self.client.upload(
+                task_url = await self.client.upload_files(
                     item.queue_id,
-                    content.stream,
-                    name,
+                    [(name, content.stream, content_type)],
                     metadata=metadata,
                     values=values,
-                    content_type=content_type,
+                    reject_identical=resend,
                 )
+            except ConflictError as exc:
+                # reject_identical: a document with this name and content exists in the
+                # organization; ours (the lost answer's) when it is in this queue.
+                self.sent -= 1
+                item.sent_here = sent_before
+                found = await self.find_existing(item.queue_id, item.sha256, (name,), None)
+                if found is not None:
+                    self.reconciled += 1
+                    self._found(
+                        item, key, found, source_uri, "re-sent: Rossum answered 409 (identical); "
+                        "adopted the document the earlier request created"
+                    )
+                    return
+                log.info("upload of %s: %s; identical document is elsewhere", source_uri, exc)
+                resend = False  # not in this queue: upload it here
+                attempt -= 1
+                continue
             except (UncertainOutcomeError, ServerError) as exc:
                 # Rossum may have created the document: look before sending it again.
                 log.warning("upload of %s: %s; reconciling", source_uri, exc)
@@ -305,6 +449,7 @@ class Uploader:
                     item.defer("upload_uncertain", E.describe(exc), step="upload")
                     item.rossum = E.rossum_detail(exc)
                     return
+                resend = True
                 continue
             except RossumTransportError as exc:  # provably not sent
                 self.ledger.finish(
@@ -346,6 +491,137 @@ class Uploader:
             item.task_url = task_url
             return
 
+    # -- multi-file upload -------------------------------------------------------------------
+    async def upload_group(
+        self,
+        members: Sequence[tuple[FileItem, SpooledContent, str]],
+        rule: RoutingRule | None,
+    ) -> None:
+        """Send ``(item, content, source_uri)`` of one queue and rule in one upload request
+        (see :func:`plan_uploads`). Every file keeps its own lease, ledger entry (recorded
+        ``started`` before the request, ``sent`` with the shared task URL and its position
+        once Rossum answers) and outcome; a file alone is sent as by :meth:`upload`."""
+        ready: list[tuple[FileItem, SpooledContent, str, bool]] = []
+        for item, content, source_uri in members:
+            resend = await self._prepare(item, source_uri)
+            if resend is not None:
+                ready.append((item, content, source_uri, resend))
+        fresh = [m for m in ready if not m[3]]
+        if len(fresh) < 2:
+            fresh = []
+        for item, content, source_uri, resend in ready:
+            if not fresh or resend:  # a re-send goes alone, with reject_identical
+                await self._send_one(item, content, rule, source_uri, resend=resend)
+        if fresh:
+            await self._send_group([(i, c, u) for i, c, u, _ in fresh], rule)
+
+    async def _send_group(
+        self, members: list[tuple[FileItem, SpooledContent, str]], rule: RoutingRule | None
+    ) -> None:
+        items = [item for item, _, _ in members]
+        queue_id = items[0].queue_id
+        assert queue_id is not None and all(i.queue_id == queue_id for i in items)
+        names = [posixpath.basename(item.rel) for item in items]
+        entries = [
+            file_entry(name=n, sha256=i.sha256 or "", size=c.size, source_uri=u)
+            for n, (i, c, u) in zip(names, members, strict=True)
+        ]
+        metadata = build_group_metadata(rule, entries, run_id=self.run_id)
+        if metadata_size(metadata) > MAX_METADATA_BYTES or len(set(names)) != len(names):
+            for item, content, source_uri in members:  # planned elsewhere: send them alone
+                await self._send_one(item, content, rule, source_uri)
+            return
+        values = dict(rule.values) if rule and rule.values else None
+        files = [
+            (n, c.stream, mime_type(i.file_type) if i.file_type else "application/octet-stream")
+            for n, (i, c, _) in zip(names, members, strict=True)
+        ]
+        for (item, _, _), name in zip(members, names, strict=True):
+            assert item.upload_key is not None
+            self.ledger.begin(
+                item.upload_key,
+                kind=KIND,
+                subject=f"{item.queue_id}:{item.sha256}",
+                step="upload",
+                target=name,
+            )
+        for _, content, _ in members:
+            content.stream.seek(0)
+        self.sent += len(items)
+        for item in items:
+            item.sent_here = True
+        try:
+            task_url = await self.client.upload_files(
+                queue_id, files, metadata=metadata, values=values
+            )
+        except (UncertainOutcomeError, ServerError) as exc:
+            # Rossum may have created the documents: look each up; re-send the others alone
+            # with reject_identical (a 409 then means it was created after all).
+            log.warning("upload of %d files: %s; reconciling", len(items), exc)
+            await asyncio.sleep(self.options.reconcile_delay_s)
+            for item, content, source_uri in members:
+                assert item.upload_key is not None and item.sha256 is not None
+                found = await self.find_existing(
+                    queue_id, item.sha256, (posixpath.basename(item.rel),), None
+                )
+                if found is not None:
+                    self.reconciled += 1
+                    self._found(item, item.upload_key, found, source_uri, "answer lost; found")
+                else:
+                    await self._send_one(item, content, rule, source_uri, resend=True)
+            return
+        except (RossumTransportError, RateLimitedError) as exc:  # provably not sent
+            reason = "rate_limited" if isinstance(exc, RateLimitedError) else "rossum_unreachable"
+            for item, _, source_uri in members:
+                assert item.upload_key is not None
+                self.ledger.finish(
+                    item.upload_key,
+                    ok=False,
+                    result=self._record(item, source_uri, phase="not_sent", error=E.describe(exc)),
+                )
+                item.defer(reason, E.describe(exc), step="upload")
+            return
+        except RossumAPIError as exc:
+            # Rossum refused the request as a whole; nothing was created. Transient: retry
+            # later. Otherwise send each file alone so that only the offending one fails.
+            for item, _, source_uri in members:
+                assert item.upload_key is not None
+                self.ledger.finish(
+                    item.upload_key,
+                    ok=False,
+                    result=self._record(
+                        item, source_uri, phase="not_sent", error=E.rossum_detail(exc)
+                    ),
+                )
+            self.sent -= len(items)
+            for item in items:
+                item.sent_here = False
+            if E.is_transient(exc):
+                for item in items:
+                    item.defer("rossum_unavailable", E.describe(exc), step="upload")
+                return
+            log.info("upload of %d files refused (%s); sending them one by one", len(items), exc)
+            for item, content, source_uri in members:
+                await self._send_one(item, content, rule, source_uri)
+            return
+        count = len(items)
+        for index, (item, _, source_uri) in enumerate(members):
+            assert item.upload_key is not None
+            self.ledger.finish(
+                item.upload_key,
+                ok=True,
+                result=self._record(
+                    item,
+                    source_uri,
+                    phase="sent",
+                    task_url=task_url,
+                    upload_index=index,
+                    upload_count=count,
+                ),
+            )
+            item.task_url = task_url
+            item.upload_index = index
+
     def _found(
         self, item: FileItem, key: str, found: dict[str, Any], source_uri: str, note: str
     ) -> None:
@@ -371,14 +647,64 @@ class Uploader:
             self.release(item)
 
     async def _wait_task(self, item: FileItem, source_uri: str) -> None:
+        assert item.task_url is not None
+        await self._settle(item, source_uri, await self._resolve(item.task_url))
+
+    async def wait_group(self, members: Sequence[tuple[FileItem, str]]) -> None:
+        """Files of one multi-file upload (one task): poll the task and read the upload object
+        once, then settle each file by its position in the upload."""
+        try:
+            task_url = members[0][0].task_url
+            assert task_url is not None and all(i.task_url == task_url for i, _ in members)
+            outcome = await self._resolve(task_url)
+            for item, source_uri in members:
+                try:
+                    await self._settle(item, source_uri, outcome)
+                except Exception as exc:  # one file's trouble never takes the others down
+                    log.exception("waiting for %s failed", source_uri)
+                    item.defer("unexpected_error", E.describe(exc), step="wait")
+        finally:
+            for item, _ in members:
+                self.release(item)
+
+    async def _resolve(self, task_url: str) -> UploadResult | RossumError:
+        try:
+            return await self.client.resolve_upload(
+                task_url, timeout_s=self.options.task_deadline_s
+            )
+        except RossumError as exc:
+            return exc
+
+    async def _ids_for(
+        self, item: FileItem, result: UploadResult, expected: int | None
+    ) -> dict[str, list[int]] | None:
+        """The document and annotations of ``item`` in ``result``; None when the upload
+        object does not tell for sure (then the file is looked up by name and content)."""
+        index = item.upload_index
+        docs = result.document_ids
+        if index is None:
+            return {"document_ids": docs, "annotation_ids": result.annotation_ids}
+        if index >= len(docs) or (expected is not None and expected != len(docs)):
+            return None
+        doc = docs[index]
+        anns = result.annotation_ids
+        if not result.additional_document_ids and len(anns) == len(docs):
+            return {"document_ids": [doc], "annotation_ids": [anns[index]]}
+        # Hooks added documents (their annotations are listed too): ask which is whose.
+        mine = [
+            int(ann["id"])
+            async for ann in self.client.list_annotations(ids=anns)
+            if id_from_url(ann.get("document") or 0) == doc
+        ]
+        return {"document_ids": [doc], "annotation_ids": mine} if mine else None
+
+    async def _settle(
+        self, item: FileItem, source_uri: str, outcome: UploadResult | RossumError
+    ) -> None:
         assert item.upload_key is not None and item.task_url is not None
         key = item.upload_key
-        try:
-            result = await self.client.resolve_upload(
-                item.task_url, timeout_s=self.options.task_deadline_s
-            )
-        except TaskFailedError as exc:
-            detail = E.rossum_detail(exc)
+        if isinstance(outcome, TaskFailedError):
+            detail = E.rossum_detail(outcome)
             self.ledger.finish(
                 key,
                 ok=False,
@@ -386,32 +712,45 @@ class Uploader:
             )
             item.fail(
                 E.IMPORT_FAILED,
-                f"Rossum's upload task failed: {exc.detail or exc}",
+                f"Rossum's upload task failed: {outcome.detail or outcome}",
                 step="wait",
                 rossum=detail,
             )
             return
-        except DeadlineExceededError as exc:
-            item.defer("task_deadline", E.describe(exc), step="wait")
+        if isinstance(outcome, DeadlineExceededError):
+            item.defer("task_deadline", E.describe(outcome), step="wait")
             return
-        except NotFoundError:
-            # The task expired (they live for a day): the document tells.
+        effect = self.ledger.get(key)
+        ids = None
+        if isinstance(outcome, UploadResult):
+            expected = effect.result.get("upload_count") if effect else None
+            ids = await self._ids_for(item, outcome, expected)
+        elif not isinstance(outcome, NotFoundError):
+            item.defer("rossum_unavailable", E.describe(outcome), step="wait")
+            return
+        if ids is None:
+            # The task expired (they live for a day), or the upload object does not map this
+            # file for sure: the document tells.
             assert item.queue_id is not None and item.sha256 is not None
             found = await self.find_existing(
                 item.queue_id, item.sha256, (posixpath.basename(item.rel),), None
             )
             if found is None:
                 item.defer(
-                    "task_expired", "the upload task is gone and no document was found", step="wait"
+                    "task_expired" if isinstance(outcome, NotFoundError) else "upload_unmapped",
+                    "the upload task is gone and no document was found"
+                    if isinstance(outcome, NotFoundError)
+                    else "the upload object does not list this file and no document was found",
+                    step="wait",
                 )
                 return
-            self._found(item, key, found, source_uri, "task expired; found in Rossum")
+            note = (
+                "task expired; found in Rossum"
+                if isinstance(outcome, NotFoundError)
+                else "found in Rossum by name and content"
+            )
+            self._found(item, key, found, source_uri, note)
             return
-        except RossumError as exc:
-            item.defer("rossum_unavailable", E.describe(exc), step="wait")
-            return
-        ids = {"document_ids": result.document_ids, "annotation_ids": result.annotation_ids}
-        effect = self.ledger.get(key)
         uploaded_from = (effect.result.get("source_uri") if effect else None) or source_uri
         self.ledger.finish(
             key,

@@ -97,6 +97,8 @@ class UploadResult:
     upload_url: str
     document_ids: list[int] = field(default_factory=list)
     annotation_ids: list[int] = field(default_factory=list)
+    #: Documents created by ``upload.created`` hooks (their annotations are listed too).
+    additional_document_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -535,6 +537,55 @@ class RossumClient:
             )
         return str(task_url)
 
+    async def upload_files(
+        self,
+        queue_id: int,
+        files: Sequence[tuple[str, IO[bytes], str]],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        values: Mapping[str, Any] | None = None,
+        reject_identical: bool = False,
+    ) -> str:
+        """One ``POST /v1/uploads?queue=`` carrying several files (``(name, stream,
+        content type)``, in order; Rossum allows 40 MB in all); returns the task URL.
+
+        The upload object lists the documents in the order of ``files``. ``metadata`` and
+        ``values`` apply to every annotation of the upload. ``reject_identical`` (one file only,
+        as Rossum requires) makes Rossum answer 409 (:class:`ConflictError`) when a document
+        with the same name and content exists in the organization. Never retried once the
+        request may have reached Rossum (:class:`UncertainOutcomeError`)."""
+        if not files:
+            raise ValueError("upload_files needs at least one file")
+        if reject_identical and len(files) != 1:
+            raise ValueError("reject_identical allows a single file per upload (Rossum)")
+        form: dict[str, str] = {}
+        if metadata is not None:
+            form["metadata"] = json.dumps(metadata)
+        if values is not None:
+            form["values"] = json.dumps(values)
+        params: dict[str, Any] = {"queue": queue_id}
+        if reject_identical:
+            params["reject_identical"] = "true"
+        resp = await self.request(
+            "POST",
+            "/v1/uploads",
+            params=params,
+            data=form,
+            files=[("content", (name, stream, ctype)) for name, stream, ctype in files],
+            idempotent=False,
+            rewind=[stream for _, stream, _ in files],
+        )
+        body = resp.json() if resp.content else {}
+        task_url = body.get("url") or resp.headers.get("Location")
+        if not task_url:
+            raise RossumAPIError(
+                "upload answered without a task URL",
+                method="POST",
+                url=str(resp.url),
+                status=resp.status_code,
+            )
+        return str(task_url)
+
     async def wait_for_task(
         self,
         task_url: str,
@@ -598,6 +649,9 @@ class RossumClient:
             upload_url=upload_url,
             document_ids=[id_from_url(u) for u in upload.get("documents") or []],
             annotation_ids=[id_from_url(u) for u in upload.get("annotations") or []],
+            additional_document_ids=[
+                id_from_url(u) for u in upload.get("additional_documents") or []
+            ],
         )
 
     async def upload_legacy(

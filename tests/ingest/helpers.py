@@ -88,6 +88,18 @@ def uploads_by_sha(client: httpx.Client) -> dict[str, int]:
     """How many annotations exist per content hash (from the metadata the ingest sets)."""
     counts: dict[str, int] = {}
     for ann in sandbox_annotations(client):
-        key = (ann.get("metadata") or {}).get("sha256", "?")
+        key = file_meta(client, ann).get("sha256", "?")
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def file_meta(client: httpx.Client, ann: dict[str, Any]) -> dict[str, Any]:
+    """The ingest's identification of the file behind ``ann`` (uploaded alone or with
+    others: then its entry in ``metadata.files``, picked by its document's name)."""
+    from rossflow.ingest.uploads import file_metadata
+
+    meta = ann.get("metadata") or {}
+    if "files" not in meta:
+        return file_metadata(meta, "")
+    name = client.get(ann["document"]).json()["original_file_name"]
+    return file_metadata(meta, name)

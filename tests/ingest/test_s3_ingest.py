@@ -28,6 +28,7 @@ from sandbox.server import SandboxServer
 from tests.ingest.helpers import (
     PNG_HEAD,
     client_factory,
+    file_meta,
     options,
     pdf,
     sandbox_annotations,
@@ -109,9 +110,9 @@ def test_s3_routing_bad_input_dedupe_and_archive(
         sha(PNG_HEAD + b"r"): 1,
     }
     meta = next(
-        a["metadata"]
-        for a in sandbox_annotations(sandbox_client)
-        if a["metadata"]["sha256"] == sha(pdf("b"))
+        m
+        for m in (file_meta(sandbox_client, a) for a in sandbox_annotations(sandbox_client))
+        if m.get("sha256") == sha(pdf("b"))
     )
     assert meta["source_uri"] == f"s3://{name}/inbox/invoices/faktura č 1.pdf"
 

@@ -37,6 +37,7 @@ from tests.fixtures.servers import SftpServerInfo
 from tests.ingest.helpers import (
     PNG_HEAD,
     client_factory,
+    file_meta,
     options,
     pdf,
     put,
@@ -89,9 +90,10 @@ def test_routing_metadata_values_and_archive(
     rows = by_file(report)
     invoice = anns[int(rows["invoices/faktura č. 2 🎁.pdf"]["annotation"])]
     assert invoice["queue"].endswith("/queues/1")
-    meta = invoice["metadata"]
+    assert invoice["metadata"]["channel"] == "sftp"
+    meta = file_meta(sandbox_client, invoice)
     assert meta["sha256"] == sha(pdf("b")) and meta["size"] == len(pdf("b"))
-    assert meta["original_file_name"] == "faktura č. 2 🎁.pdf" and meta["channel"] == "sftp"
+    assert meta["original_file_name"] == "faktura č. 2 🎁.pdf"
     assert meta["source_uri"].endswith("/inbox/invoices/faktura č. 2 🎁.pdf")
     assert meta["source_uri"].startswith("sftp://rossflow@127.0.0.1:")
     doc = sandbox_client.get(invoice["document"]).json()
@@ -279,25 +281,39 @@ def test_file_disappearing_mid_run(
     assert not (inbox / "failed/gone-after-claim.pdf").exists()
 
 
+@pytest.mark.parametrize("files_per_upload", [1, 20])
 def test_rossum_4xx_fails_only_that_file(
     sftp_server: SftpServerInfo,
     sandbox: SandboxServer,
     sandbox_client: httpx.Client,
     tmp_path: Path,
+    files_per_upload: int,
 ) -> None:
     inbox = sftp_server.root / "inbox"
     for i in range(4):
         put(inbox, f"doc{i}.pdf", pdf(i))
+    # Grouped: Rossum refuses the 4-file upload (1st 400); each file is then sent alone and
+    # the first of those is refused too (2nd 400). Alone: the first file's upload is refused.
+    refusals = 1 if files_per_upload == 1 else 2
     sandbox.set_faults(
-        [{"method": "POST", "path": "/api/v1/uploads", "kind": "error", "status": 400, "times": 1}]
+        [
+            {
+                "method": "POST",
+                "path": "/api/v1/uploads",
+                "kind": "error",
+                "status": 400,
+                "times": refusals,
+            }
+        ]
     )
     report = run_ingest(
         sftp_source(sftp_server),
         [{"pattern": "*.pdf", "queue_id": 1}],
         client_factory(sandbox),
-        options(tmp_path, upload_concurrency=1),
+        options(tmp_path, upload_concurrency=1, files_per_upload=files_per_upload),
     )
     assert report.counts[UPLOADED] == 3 and report.counts[FAILED] == 1
+    assert sandbox.stats()["requests"]["POST /api/v1/uploads"] == 4 + refusals
     failed = next(r for r in report.table() if r["outcome"] == FAILED)
     assert failed["reason"] == E.REJECTED and failed["step"] == "upload"
     sidecar = json.loads(

@@ -197,3 +197,40 @@ def test_upload_does_not_buffer_when_content_length_is_huge(sandbox: SandboxServ
         while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
             data += chunk
     assert data.startswith(b"HTTP/1.1 413")
+
+def test_multi_file_upload_lists_documents_and_annotations_in_file_order(
+    sandbox_client: httpx.Client,
+) -> None:
+    names = [f"f{i}.pdf" for i in (3, 1, 4, 0, 2)]  # not sorted: order must follow the request
+    files = [("content", (n, b"%PDF-1.4 " + n.encode(), "application/pdf")) for n in names]
+    meta = {"batch": "b1", "files": [{"original_file_name": n} for n in names]}
+    resp = sandbox_client.post(
+        "/v1/uploads", params={"queue": 1}, files=files, data={"metadata": json.dumps(meta)}
+    )
+    assert resp.status_code == 202
+    task = sandbox_client.get(resp.json()["url"], params={"no_redirect": "true"}).json()
+    up = sandbox_client.get(task["content"]["upload"]).json()
+    assert len(up["documents"]) == len(up["annotations"]) == len(names)
+    for name, doc_url, ann_url in zip(names, up["documents"], up["annotations"], strict=True):
+        doc = sandbox_client.get(doc_url).json()
+        ann = sandbox_client.get(ann_url).json()
+        assert doc["original_file_name"] == name
+        assert ann["document"] == doc_url and doc["annotations"] == [ann_url]
+        assert ann["metadata"] == meta  # one metadata object for every annotation
+
+
+def test_reject_identical_allows_one_file_only(sandbox_client: httpx.Client) -> None:
+    files = [("content", ("a.txt", b"a")), ("content", ("b.txt", b"b"))]
+    resp = sandbox_client.post("/v1/uploads?queue=1&reject_identical=true", files=files)
+    assert resp.status_code == 400
+    # Nothing was created.
+    again = sandbox_client.post("/v1/uploads?queue=1&reject_identical=true",
+                                files={"content": ("a.txt", b"a")})
+    assert again.status_code == 202
+
+
+def test_reject_identical_is_organization_wide(sandbox_client: httpx.Client) -> None:
+    files = {"content": ("org.txt", b"same content, other queue")}
+    assert sandbox_client.post("/v1/uploads?queue=1", files=files).status_code == 202
+    other_queue = sandbox_client.post("/v1/uploads?queue=2&reject_identical=true", files=files)
+    assert other_queue.status_code == 409
