@@ -52,38 +52,38 @@ class Batch:
 
 
 @task(name="ingest-recover-claims", **_opts)
-def recover_claims(rt: IngestRuntime) -> Batch:
+def recover_claims(runtime: IngestRuntime) -> Batch:
     """Adopt files claimed by runs that died or finished without processing them."""
-    return Batch(pipeline.recover(rt))
+    return Batch(pipeline.recover(runtime))
 
 
 @task(name="ingest-list-files", **_opts)
-def list_files(rt: IngestRuntime, skip_paths: list[str]) -> Batch:
+def list_files(runtime: IngestRuntime, skip_paths: list[str]) -> Batch:
     """Routed candidate files (old enough, not hidden, matching a rule)."""
-    return Batch(list(pipeline.discover(rt, skip_paths=skip_paths)))
+    return Batch(list(pipeline.discover(runtime, skip_paths=skip_paths)))
 
 
 @task(name="ingest-claim", **_opts)
-def claim_files(rt: IngestRuntime, batch: Batch) -> Batch:
+def claim_files(runtime: IngestRuntime, batch: Batch) -> Batch:
     """Take the files for this run (SFTP: rename into processing/<run>/; S3: lock object) and
     check names, extensions and sizes (the content is sniffed while it streams to Rossum)."""
-    return Batch(pipeline.validate(rt, pipeline.claim(rt, batch.items)))
+    return Batch(pipeline.validate(runtime, pipeline.claim(runtime, batch.items)))
 
 
 @task(name="ingest-upload", **_opts)
-def upload_files(rt: IngestRuntime, batch: Batch) -> Batch:
+def upload_files(runtime: IngestRuntime, batch: Batch) -> Batch:
     """Stream, hash, dedupe/reconcile against the ledger, upload with metadata, and wait (with
     a deadline) for Rossum's import tasks; records document/annotation ids."""
-    return Batch(pipeline.wait(rt, pipeline.upload(rt, batch.items)))
+    return Batch(pipeline.wait(runtime, pipeline.upload(runtime, batch.items)))
 
 
 @task(name="ingest-finalize", **_opts)
-def finalize_files(rt: IngestRuntime, batch: Batch) -> int:
+def finalize_files(runtime: IngestRuntime, batch: Batch) -> int:
     """Archive (dated) or move to failed/ with <name>.error.json; deferred files stay claimed.
 
     The outcomes are in the run report; the batch's records are dropped here (Prefect keeps
     every task result until the flow ends, and memory must not grow with the file count)."""
-    done = len(pipeline.finalize(rt, batch.items))
+    done = len(pipeline.finalize(runtime, batch.items))
     batch.items.clear()
     return done
 

@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from rossflow.ingest import errors as E
+from rossflow.ingest import errors as ingest_errors
 from rossflow.ingest.model import DUPLICATE, UPLOADED, FileItem, IngestOptions
 from rossflow.ingest.rules import RoutingRule
 from rossflow.ingest.sources import SpooledContent
@@ -99,7 +99,7 @@ def build_metadata(
         over = encoded - MAX_METADATA_BYTES
         metadata["source_uri"] = source_uri[: max(32, len(source_uri) - over - 3)] + "…"
         if len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES:
-            raise E.FileRejected(
+            raise ingest_errors.FileRejected(
                 "metadata_too_large",
                 "the rule's metadata and the file's identification exceed Rossum's 4 kB limit",
                 step="upload",
@@ -354,7 +354,7 @@ class Uploader:
             if not self.options.reupload_missing:
                 self._apply_ids(item, effect.result)
                 item.fail(
-                    E.ANNOTATION_MISSING,
+                    ingest_errors.ANNOTATION_MISSING,
                     f"identical content was uploaded to queue {item.queue_id} from "
                     f"{effect.result.get('source_uri')} at {effect.result.get('at')}, but "
                     f"{'; '.join(missing)} in Rossum (deleted or purged there); not uploaded "
@@ -427,8 +427,12 @@ class Uploader:
                 if found is not None:
                     self.reconciled += 1
                     self._found(
-                        item, key, found, source_uri, "re-sent: Rossum answered 409 (identical); "
-                        "adopted the document the earlier request created"
+                        item,
+                        key,
+                        found,
+                        source_uri,
+                        "re-sent: Rossum answered 409 (identical); "
+                        "adopted the document the earlier request created",
                     )
                     return
                 log.info("upload of %s: %s; identical document is elsewhere", source_uri, exc)
@@ -446,8 +450,8 @@ class Uploader:
                     return
                 if attempt == self.options.upload_attempts:
                     # Leave the effect 'started': the next run reconciles before sending.
-                    item.defer("upload_uncertain", E.describe(exc), step="upload")
-                    item.rossum = E.rossum_detail(exc)
+                    item.defer("upload_uncertain", ingest_errors.describe(exc), step="upload")
+                    item.rossum = ingest_errors.rossum_detail(exc)
                     return
                 resend = True
                 continue
@@ -455,30 +459,34 @@ class Uploader:
                 self.ledger.finish(
                     key,
                     ok=False,
-                    result=self._record(item, source_uri, phase="not_sent", error=E.describe(exc)),
+                    result=self._record(
+                        item, source_uri, phase="not_sent", error=ingest_errors.describe(exc)
+                    ),
                 )
-                item.defer("rossum_unreachable", E.describe(exc), step="upload")
+                item.defer("rossum_unreachable", ingest_errors.describe(exc), step="upload")
                 return
             except RateLimitedError as exc:
                 self.ledger.finish(
                     key,
                     ok=False,
-                    result=self._record(item, source_uri, phase="not_sent", error=E.describe(exc)),
+                    result=self._record(
+                        item, source_uri, phase="not_sent", error=ingest_errors.describe(exc)
+                    ),
                 )
-                item.defer("rate_limited", E.describe(exc), step="upload")
+                item.defer("rate_limited", ingest_errors.describe(exc), step="upload")
                 return
             except RossumAPIError as exc:
-                detail = E.rossum_detail(exc)
+                detail = ingest_errors.rossum_detail(exc)
                 self.ledger.finish(
                     key,
                     ok=False,
                     result=self._record(item, source_uri, phase="rejected", error=detail),
                 )
-                if E.is_transient(exc):
-                    item.defer("rossum_unavailable", E.describe(exc), step="upload")
+                if ingest_errors.is_transient(exc):
+                    item.defer("rossum_unavailable", ingest_errors.describe(exc), step="upload")
                     return
                 item.fail(
-                    E.REJECTED,
+                    ingest_errors.REJECTED,
                     f"Rossum refused the upload: HTTP {exc.status}"
                     + (f" {exc.detail}" if exc.detail else ""),
                     step="upload",
@@ -577,9 +585,11 @@ class Uploader:
                 self.ledger.finish(
                     item.upload_key,
                     ok=False,
-                    result=self._record(item, source_uri, phase="not_sent", error=E.describe(exc)),
+                    result=self._record(
+                        item, source_uri, phase="not_sent", error=ingest_errors.describe(exc)
+                    ),
                 )
-                item.defer(reason, E.describe(exc), step="upload")
+                item.defer(reason, ingest_errors.describe(exc), step="upload")
             return
         except RossumAPIError as exc:
             # Rossum refused the request as a whole; nothing was created. Transient: retry
@@ -590,15 +600,15 @@ class Uploader:
                     item.upload_key,
                     ok=False,
                     result=self._record(
-                        item, source_uri, phase="not_sent", error=E.rossum_detail(exc)
+                        item, source_uri, phase="not_sent", error=ingest_errors.rossum_detail(exc)
                     ),
                 )
             self.sent -= len(items)
             for item in items:
                 item.sent_here = False
-            if E.is_transient(exc):
+            if ingest_errors.is_transient(exc):
                 for item in items:
-                    item.defer("rossum_unavailable", E.describe(exc), step="upload")
+                    item.defer("rossum_unavailable", ingest_errors.describe(exc), step="upload")
                 return
             log.info("upload of %d files refused (%s); sending them one by one", len(items), exc)
             for item, content, source_uri in members:
@@ -662,7 +672,7 @@ class Uploader:
                     await self._settle(item, source_uri, outcome)
                 except Exception as exc:  # one file's trouble never takes the others down
                     log.exception("waiting for %s failed", source_uri)
-                    item.defer("unexpected_error", E.describe(exc), step="wait")
+                    item.defer("unexpected_error", ingest_errors.describe(exc), step="wait")
         finally:
             for item, _ in members:
                 self.release(item)
@@ -704,21 +714,21 @@ class Uploader:
         assert item.upload_key is not None and item.task_url is not None
         key = item.upload_key
         if isinstance(outcome, TaskFailedError):
-            detail = E.rossum_detail(outcome)
+            detail = ingest_errors.rossum_detail(outcome)
             self.ledger.finish(
                 key,
                 ok=False,
                 result=self._record(item, source_uri, phase="import_failed", error=detail),
             )
             item.fail(
-                E.IMPORT_FAILED,
+                ingest_errors.IMPORT_FAILED,
                 f"Rossum's upload task failed: {outcome.detail or outcome}",
                 step="wait",
                 rossum=detail,
             )
             return
         if isinstance(outcome, DeadlineExceededError):
-            item.defer("task_deadline", E.describe(outcome), step="wait")
+            item.defer("task_deadline", ingest_errors.describe(outcome), step="wait")
             return
         effect = self.ledger.get(key)
         ids = None
@@ -726,7 +736,7 @@ class Uploader:
             expected = effect.result.get("upload_count") if effect else None
             ids = await self._ids_for(item, outcome, expected)
         elif not isinstance(outcome, NotFoundError):
-            item.defer("rossum_unavailable", E.describe(outcome), step="wait")
+            item.defer("rossum_unavailable", ingest_errors.describe(outcome), step="wait")
             return
         if ids is None:
             # The task expired (they live for a day), or the upload object does not map this
@@ -787,7 +797,7 @@ class Uploader:
             ):
                 error = effect.result.get("error")
                 item.fail(
-                    E.DUPLICATE_OF_REJECTED,
+                    ingest_errors.DUPLICATE_OF_REJECTED,
                     f"identical content from {effect.result.get('source_uri')} was refused by "
                     "Rossum",
                     step="upload",

@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rossflow.ingest import errors as E
+from rossflow.ingest import errors as ingest_errors
 
 DEFAULT_MAX_BYTES = 40 * 1024 * 1024
 HEAD_BYTES = 8192
@@ -116,12 +116,14 @@ def check_name(rel: str, limits: Limits) -> str:
     """The declared type of ``rel`` (raises :class:`FileRejected` when the name is unusable)."""
     why = unsafe_name_reason(rel)
     if why:
-        raise E.FileRejected(E.UNSAFE_NAME, f"unsafe file name {rel!r}: {why}", step="validate")
+        raise ingest_errors.FileRejected(
+            ingest_errors.UNSAFE_NAME, f"unsafe file name {rel!r}: {why}", step="validate"
+        )
     declared = type_for_extension(rel)
     if declared is None or declared not in limits.accepted_types:
         ext = posixpath.splitext(rel)[1] or "(none)"
-        raise E.FileRejected(
-            E.UNSUPPORTED_TYPE,
+        raise ingest_errors.FileRejected(
+            ingest_errors.UNSUPPORTED_TYPE,
             f"extension {ext} is not a type Rossum accepts ({', '.join(limits.accepted_types)})",
             step="validate",
         )
@@ -132,10 +134,12 @@ def check_size(size: int | None, limits: Limits, *, step: str = "validate") -> N
     if size is None:
         return
     if size == 0:
-        raise E.FileRejected(E.EMPTY, "the file is empty (0 bytes)", step=step)
+        raise ingest_errors.FileRejected(
+            ingest_errors.EMPTY, "the file is empty (0 bytes)", step=step
+        )
     if size > limits.max_bytes:
-        raise E.FileRejected(
-            E.TOO_LARGE,
+        raise ingest_errors.FileRejected(
+            ingest_errors.TOO_LARGE,
             f"the file has {size} bytes; the limit is {limits.max_bytes} bytes",
             step=step,
         )
@@ -145,15 +149,15 @@ def check_content(rel: str, declared: str, head: bytes) -> str:
     """The detected type; raises when the content is no accepted type or not the declared one."""
     found = sniff(head)
     if not found:
-        raise E.FileRejected(
-            E.UNSUPPORTED_TYPE,
+        raise ingest_errors.FileRejected(
+            ingest_errors.UNSUPPORTED_TYPE,
             f"the content of {posixpath.basename(rel)!r} is none of the types Rossum accepts "
             f"(first bytes {head[:8]!r})",
             step="validate",
         )
     if declared not in found:
-        raise E.FileRejected(
-            E.TYPE_MISMATCH,
+        raise ingest_errors.FileRejected(
+            ingest_errors.TYPE_MISMATCH,
             f"the name says {declared} but the content is {'/'.join(sorted(found))}",
             step="validate",
         )

@@ -117,7 +117,10 @@ def test_crash_after_a_grouped_upload_is_reconciled_file_by_file(
     monkeypatch.setattr(Ledger, "finish", crashing_finish)
     sandbox.reset_stats()
     first = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
-    assert sandbox.stats()["requests"]["POST /api/v1/uploads"] == 1, (first.table(), sandbox.stats())
+    assert sandbox.stats()["requests"]["POST /api/v1/uploads"] == 1, (
+        first.table(),
+        sandbox.stats(),
+    )
     assert len(sandbox_annotations(sandbox_client)) == 4
     monkeypatch.setattr(Ledger, "finish", real_finish)
     second = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))

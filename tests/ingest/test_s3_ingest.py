@@ -22,7 +22,7 @@ from rossflow.ingest import (
     process_batch,
     run_ingest,
 )
-from rossflow.ingest import errors as E
+from rossflow.ingest import errors as ingest_errors
 from rossflow.localstack.s3_server import S3Server
 from sandbox.server import SandboxServer
 from tests.ingest.helpers import (
@@ -81,10 +81,10 @@ def test_s3_routing_bad_input_dedupe_and_archive(
     assert rows["receipts/r.png"]["outcome"] == UPLOADED
     assert (rows["invoices/zero.pdf"]["outcome"], rows["invoices/zero.pdf"]["reason"]) == (
         FAILED,
-        E.EMPTY,
+        ingest_errors.EMPTY,
     )
-    assert rows["invoices/lies.pdf"]["reason"] == E.TYPE_MISMATCH
-    assert rows["invoices/../../evil.pdf"]["reason"] == E.UNSAFE_NAME
+    assert rows["invoices/lies.pdf"]["reason"] == ingest_errors.TYPE_MISMATCH
+    assert rows["invoices/../../evil.pdf"]["reason"] == ingest_errors.UNSAFE_NAME
     assert keys(s3, name) == sorted(
         [
             f"inbox/archive/{TODAY}/invoices/a.pdf",
@@ -103,7 +103,9 @@ def test_s3_routing_bad_input_dedupe_and_archive(
     sidecar = json.loads(
         s3.get_object(Bucket=name, Key="inbox/failed/invoices/lies.pdf.error.json")["Body"].read()
     )
-    assert sidecar["reason"] == E.TYPE_MISMATCH and sidecar["source"].startswith("s3://")
+    assert sidecar["reason"] == ingest_errors.TYPE_MISMATCH and sidecar["source"].startswith(
+        "s3://"
+    )
     assert uploads_by_sha(sandbox_client) == {
         sha(pdf("a")): 1,
         sha(pdf("b")): 1,
@@ -170,10 +172,10 @@ def test_s3_bucket_folder_and_lock_of_vanished_file(
         rules,
         client_factory(sandbox),
         options(tmp_path),
-    ) as rt:
-        items = claim(rt, list(discover(rt)))
+    ) as runtime:
+        items = claim(runtime, list(discover(runtime)))
         s3.delete_object(Bucket=bucket.bucket_name, Key="tenant-a/in/b.pdf")
-        done = process_batch(rt, items)
+        done = process_batch(runtime, items)
     outcome = {i.rel: (i.outcome, i.reason) for i in done}
     # S3 claims leave the file in place: one that vanishes was taken by another run (or
     # deleted) and is skipped, not failed.

@@ -28,7 +28,7 @@ from rossflow.ingest import (
     validate,
     wait,
 )
-from rossflow.ingest import errors as E
+from rossflow.ingest import errors as ingest_errors
 from rossflow.ingest.sources import OWNER_FILE
 from rossflow.ingest.uploads import KIND
 from rossflow.ledger import Ledger
@@ -215,13 +215,13 @@ def test_every_bad_input_ends_in_failed_with_reason(
     )
     rows = by_file(report)
     expected = {
-        "zero.pdf": E.EMPTY,
-        "big.pdf": E.TOO_LARGE,
-        "notes.txt": E.UNSUPPORTED_TYPE,
-        "lies.pdf": E.TYPE_MISMATCH,
-        "program.pdf": E.UNSUPPORTED_TYPE,
-        "in\\..\\..\\escape.pdf": E.UNSAFE_NAME,
-        "loop.pdf": E.UNREADABLE,
+        "zero.pdf": ingest_errors.EMPTY,
+        "big.pdf": ingest_errors.TOO_LARGE,
+        "notes.txt": ingest_errors.UNSUPPORTED_TYPE,
+        "lies.pdf": ingest_errors.TYPE_MISMATCH,
+        "program.pdf": ingest_errors.UNSUPPORTED_TYPE,
+        "in\\..\\..\\escape.pdf": ingest_errors.UNSAFE_NAME,
+        "loop.pdf": ingest_errors.UNREADABLE,
     }
     for name, reason in expected.items():
         assert rows[name]["outcome"] == FAILED, (name, rows[name])
@@ -235,7 +235,7 @@ def test_every_bad_input_ends_in_failed_with_reason(
     # Not even movable: reported with a sidecar, left in place, not reported again.
     assert (rows["link-host.pdf"]["outcome"], rows["link-host.pdf"]["reason"]) == (
         FAILED,
-        E.UNREADABLE,
+        ingest_errors.UNREADABLE,
     )
     assert (inbox / "failed/link-host.pdf.error.json").exists()
     assert rows["good.pdf"]["outcome"] == UPLOADED
@@ -264,20 +264,20 @@ def test_file_disappearing_mid_run(
     source = sftp_source(sftp_server)
     with IngestRuntime(
         source, [{"pattern": "*.pdf", "queue_id": 1}], client_factory(sandbox), options(tmp_path)
-    ) as rt:
-        items = list(discover(rt))
+    ) as runtime:
+        items = list(discover(runtime))
         assert len(items) == 3
         (inbox / "gone-before-claim.pdf").unlink()
-        items = claim(rt, items)
+        items = claim(runtime, items)
         after = next(i for i in items if i.rel == "gone-after-claim.pdf")
         (sftp_server.root / after.path.lstrip("/")).unlink()
-        items = finalize(rt, wait(rt, upload(rt, validate(rt, items))))
+        items = finalize(runtime, wait(runtime, upload(runtime, validate(runtime, items))))
     outcome = {i.rel: (i.outcome, i.reason) for i in items}
     assert outcome["stays.pdf"] == (UPLOADED, None)
     assert outcome["gone-before-claim.pdf"] == (SKIPPED, "claimed_elsewhere")
-    assert outcome["gone-after-claim.pdf"] == (FAILED, E.VANISHED)
+    assert outcome["gone-after-claim.pdf"] == (FAILED, ingest_errors.VANISHED)
     sidecar = json.loads((inbox / "failed/gone-after-claim.pdf.error.json").read_text())
-    assert sidecar["reason"] == E.VANISHED
+    assert sidecar["reason"] == ingest_errors.VANISHED
     assert not (inbox / "failed/gone-after-claim.pdf").exists()
 
 
@@ -315,7 +315,7 @@ def test_rossum_4xx_fails_only_that_file(
     assert report.counts[UPLOADED] == 3 and report.counts[FAILED] == 1
     assert sandbox.stats()["requests"]["POST /api/v1/uploads"] == 4 + refusals
     failed = next(r for r in report.table() if r["outcome"] == FAILED)
-    assert failed["reason"] == E.REJECTED and failed["step"] == "upload"
+    assert failed["reason"] == ingest_errors.REJECTED and failed["step"] == "upload"
     sidecar = json.loads(
         (sftp_server.root / (failed["moved_to"].lstrip("/") + ".error.json")).read_text()
     )
@@ -335,7 +335,11 @@ def test_rossum_import_task_failure(
         options(tmp_path),
     )
     row = report.table()[0]
-    assert (row["outcome"], row["reason"], row["step"]) == (FAILED, E.IMPORT_FAILED, "wait")
+    assert (row["outcome"], row["reason"], row["step"]) == (
+        FAILED,
+        ingest_errors.IMPORT_FAILED,
+        "wait",
+    )
 
 
 @pytest.mark.parametrize(
@@ -390,12 +394,12 @@ def test_sftp_disconnect_between_steps(
         [{"pattern": "*.pdf", "queue_id": 1}],
         client_factory(sandbox),
         options(tmp_path, io_concurrency=2),
-    ) as rt:
-        items = claim(rt, list(discover(rt)))
+    ) as runtime:
+        items = claim(runtime, list(discover(runtime)))
         drop_all()
-        items = upload(rt, validate(rt, items))
+        items = upload(runtime, validate(runtime, items))
         drop_all()
-        items = finalize(rt, wait(rt, items))
+        items = finalize(runtime, wait(runtime, items))
     assert [i.outcome for i in items] == [UPLOADED] * 6
     assert len(list((inbox / "archive").rglob("*.pdf"))) == 6
 
@@ -579,12 +583,12 @@ def test_ledger_annotation_gone_from_rossum_fails_with_reason(
     third = run_ingest(sftp_source(sftp_server), rules, client_factory(sandbox), options(tmp_path))
     assert (third.counts[UPLOADED], third.counts[FAILED], third.uploads_sent) == (0, 1, 0)
     row = by_file(third)["a.pdf"]
-    assert row["reason"] == E.ANNOTATION_MISSING, row
+    assert row["reason"] == ingest_errors.ANNOTATION_MISSING, row
     assert f"annotation {ann_id} {gone}" in row["message"] and "reupload_missing" in row["message"]
     failed = list((inbox / "failed").rglob("a.pdf"))
     assert len(failed) == 1
     sidecar = json.loads(next((inbox / "failed").rglob("a.pdf.error.json")).read_text())
-    assert sidecar["reason"] == E.ANNOTATION_MISSING, sidecar
+    assert sidecar["reason"] == ingest_errors.ANNOTATION_MISSING, sidecar
 
     # With the documented option the file is sent again.
     put(inbox, "a.pdf", pdf("a"))

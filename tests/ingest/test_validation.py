@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rossflow.ingest import FileRejected, Limits
-from rossflow.ingest import errors as E
+from rossflow.ingest import errors as ingest_errors
 from rossflow.ingest.validation import (
     parse_types,
     safe_rel,
@@ -47,18 +47,18 @@ def test_accepted_types(name: str, head: bytes, kind: str) -> None:
 @pytest.mark.parametrize(
     ("name", "head", "reason"),
     [
-        ("a.pdf", PNG_HEAD, E.TYPE_MISMATCH),  # extension lies
-        ("a.png", pdf(1), E.TYPE_MISMATCH),
-        ("a.docx", XLSX_HEAD, E.TYPE_MISMATCH),
-        ("a.pdf", b"MZ\x90\x00 this is an exe", E.UNSUPPORTED_TYPE),
-        ("a.txt", b"hello", E.UNSUPPORTED_TYPE),
-        ("a.zip", b"PK\x03\x04", E.UNSUPPORTED_TYPE),
-        ("noextension", pdf(1), E.UNSUPPORTED_TYPE),
-        ("../a.pdf", pdf(1), E.UNSAFE_NAME),
-        ("x/../../a.pdf", pdf(1), E.UNSAFE_NAME),
-        ("..\\..\\a.pdf", pdf(1), E.UNSAFE_NAME),
-        ("a\x00b.pdf", pdf(1), E.UNSAFE_NAME),
-        ("a\nb.pdf", pdf(1), E.UNSAFE_NAME),
+        ("a.pdf", PNG_HEAD, ingest_errors.TYPE_MISMATCH),  # extension lies
+        ("a.png", pdf(1), ingest_errors.TYPE_MISMATCH),
+        ("a.docx", XLSX_HEAD, ingest_errors.TYPE_MISMATCH),
+        ("a.pdf", b"MZ\x90\x00 this is an exe", ingest_errors.UNSUPPORTED_TYPE),
+        ("a.txt", b"hello", ingest_errors.UNSUPPORTED_TYPE),
+        ("a.zip", b"PK\x03\x04", ingest_errors.UNSUPPORTED_TYPE),
+        ("noextension", pdf(1), ingest_errors.UNSUPPORTED_TYPE),
+        ("../a.pdf", pdf(1), ingest_errors.UNSAFE_NAME),
+        ("x/../../a.pdf", pdf(1), ingest_errors.UNSAFE_NAME),
+        ("..\\..\\a.pdf", pdf(1), ingest_errors.UNSAFE_NAME),
+        ("a\x00b.pdf", pdf(1), ingest_errors.UNSAFE_NAME),
+        ("a\nb.pdf", pdf(1), ingest_errors.UNSAFE_NAME),
     ],
 )
 def test_rejections(name: str, head: bytes, reason: str) -> None:
@@ -71,10 +71,10 @@ def test_rejections(name: str, head: bytes, reason: str) -> None:
 def test_sizes() -> None:
     with pytest.raises(FileRejected) as empty:
         validate("a.pdf", 0, b"", Limits())
-    assert empty.value.reason == E.EMPTY
+    assert empty.value.reason == ingest_errors.EMPTY
     with pytest.raises(FileRejected) as big:
         validate("a.pdf", 1001, pdf(1), Limits(max_bytes=1000))
-    assert big.value.reason == E.TOO_LARGE
+    assert big.value.reason == ingest_errors.TOO_LARGE
     assert validate("a.pdf", 1000, pdf(1), Limits(max_bytes=1000)) == "pdf"
 
 

@@ -17,7 +17,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rossflow.ingest import errors as E
+from rossflow.ingest import errors as ingest_errors
 from rossflow.ingest.model import FileItem
 from rossflow.ingest.rules import glob_to_regex
 from rossflow.ingest.state import RunOwner
@@ -109,8 +109,8 @@ class SpooledContent:
                 break
             size += len(chunk)
             if size > limit:
-                raise E.FileRejected(
-                    E.TOO_LARGE,
+                raise ingest_errors.FileRejected(
+                    ingest_errors.TOO_LARGE,
                     f"the file has more than {limit} bytes (the limit)",
                     step="validate",
                 )

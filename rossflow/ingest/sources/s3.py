@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from rossflow.ingest import errors as E
+from rossflow.ingest import errors as ingest_errors
 from rossflow.ingest.model import FileItem
 from rossflow.ingest.sources.base import (
     SIDECAR_SUFFIX,
@@ -145,7 +145,7 @@ class S3Source(Source):
             body = self.client.get_object(Bucket=self.bucket_name, Key=self._run_key(run_id))
             owner = RunOwner.from_json(body["Body"].read())
         except Exception as exc:
-            if not E.is_missing(exc):
+            if not ingest_errors.is_missing(exc):
                 raise
             owner = None
         with self._lock:
@@ -230,7 +230,7 @@ class S3Source(Source):
         try:
             current = self.client.get_object(Bucket=self.bucket_name, Key=lock_key)
         except Exception as exc:
-            if E.is_missing(exc):  # released meanwhile: try once more from scratch
+            if ingest_errors.is_missing(exc):  # released meanwhile: try once more from scratch
                 return self._put_lock(lock_key, body, IfNoneMatch="*")
             raise
         data = json.loads(current["Body"].read() or b"{}")
@@ -250,7 +250,7 @@ class S3Source(Source):
         try:
             return dict(self.client.head_object(Bucket=self.bucket_name, Key=key))
         except ClientError as exc:
-            if E.is_missing(exc) or self._status(exc) == 404:
+            if ingest_errors.is_missing(exc) or self._status(exc) == 404:
                 return None
             raise
 
@@ -329,13 +329,13 @@ class S3Source(Source):
         try:
             resp = self.client.get_object(Bucket=self.bucket_name, Key=path)
         except ClientError as exc:
-            if E.is_missing(exc):
+            if ingest_errors.is_missing(exc):
                 raise FileNotFoundError(self.uri(path)) from exc
             raise
         if int(resp.get("ContentLength") or 0) > limit:
             resp["Body"].close()
-            raise E.FileRejected(
-                E.TOO_LARGE,
+            raise ingest_errors.FileRejected(
+                ingest_errors.TOO_LARGE,
                 f"the file has {resp.get('ContentLength')} bytes; the limit is {limit} bytes",
                 step="validate",
             )
@@ -377,7 +377,7 @@ class S3Source(Source):
                 self.client.copy_object(**params)
             except ClientError as exc:
                 code, status = self._code(exc), self._status(exc)
-                if E.is_missing(exc) or code == "NoSuchKey":
+                if ingest_errors.is_missing(exc) or code == "NoSuchKey":
                     raise FileNotFoundError(self.uri(src)) from exc
                 if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (
                     409,
@@ -392,7 +392,7 @@ class S3Source(Source):
                     return self._copy_free(src, dest, etag)
                 raise
             return candidate
-        raise E.FileRejected("no_free_name", f"no free key for {dest}", step="finalize")
+        raise ingest_errors.FileRejected("no_free_name", f"no free key for {dest}", step="finalize")
 
     def archive(self, item: FileItem, folder: str, rel: str) -> str:
         target = self._copy_free(item.path, self.join(folder, safe_rel(rel)), item.etag)
@@ -459,7 +459,9 @@ class S3Source(Source):
             else:
                 self.release(item)
             return candidate
-        raise E.FileRejected("no_free_name", f"no free key for {target}", step="finalize")
+        raise ingest_errors.FileRejected(
+            "no_free_name", f"no free key for {target}", step="finalize"
+        )
 
 
 class _NoConditionalWrites(Exception):

@@ -25,7 +25,7 @@ from rossflow.delivery.sftp import (
     SftpSession,
     is_temp_name,
 )
-from rossflow.ingest import errors as E
+from rossflow.ingest import errors as ingest_errors
 from rossflow.ingest.model import FileItem
 from rossflow.ingest.sources.base import (
     OWNER_FILE,
@@ -112,7 +112,7 @@ class SftpSource(Source):
             try:
                 entries = session.listdir(current)
             except OSError as exc:
-                if E.is_missing(exc):
+                if ingest_errors.is_missing(exc):
                     continue
                 raise
             for entry in entries:
@@ -158,7 +158,7 @@ class SftpSource(Source):
                 sftp.lstat(path)
                 return True
             except OSError as exc:
-                if E.is_missing(exc):
+                if ingest_errors.is_missing(exc):
                     return False
                 raise
 
@@ -186,8 +186,10 @@ class SftpSource(Source):
                         return candidate
                     raise FileNotFoundError(src) from None
             except OSError as exc:
-                if not (E.is_missing(exc) and folder in self._dirs) or not self._lexists(src):
-                    if E.is_missing(exc):
+                if not (
+                    ingest_errors.is_missing(exc) and folder in self._dirs
+                ) or not self._lexists(src):
+                    if ingest_errors.is_missing(exc):
                         raise FileNotFoundError(src) from exc
                     raise
                 with self._lock:  # the folder went away (another run tidied it): recreate
@@ -196,7 +198,9 @@ class SftpSource(Source):
             retries += 1
             if retries > 2:
                 raise SftpConnectionError(f"could not move {src} to {candidate}")
-        raise E.FileRejected("no_free_name", f"no free name for {dest}", step="finalize")
+        raise ingest_errors.FileRejected(
+            "no_free_name", f"no free name for {dest}", step="finalize"
+        )
 
     def _write(self, path: str, data: bytes) -> None:
         self._ensure_dir(posixpath.dirname(path))
@@ -223,7 +227,7 @@ class SftpSource(Source):
         except FileNotFoundError:
             return False
         except OSError as exc:
-            if E.is_missing(exc):
+            if ingest_errors.is_missing(exc):
                 return False
             raise
         item.claimed = True
@@ -235,7 +239,7 @@ class SftpSource(Source):
         try:
             entries = session.listdir(processing)
         except OSError as exc:
-            if E.is_missing(exc):
+            if ingest_errors.is_missing(exc):
                 return []
             raise
         adopted: list[FileItem] = []
@@ -374,7 +378,9 @@ class SftpSource(Source):
             except RemoteFileExistsError:
                 self.session().remove(candidate + SIDECAR_SUFFIX, missing_ok=True)
                 continue
-        raise E.FileRejected("no_free_name", f"no free name for {target}", step="finalize")
+        raise ingest_errors.FileRejected(
+            "no_free_name", f"no free name for {target}", step="finalize"
+        )
 
     def release(self, item: FileItem) -> None:
         return None
