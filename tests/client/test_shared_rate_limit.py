@@ -1,0 +1,161 @@
+"""One Rossum rate limit for all workers (issue 14, item 3), counted at the sandbox.
+
+Three worker processes (separate home folders, one shared state store: a SQLite file or
+PostgreSQL) hammer the sandbox through RossumClient under a 10 req/s limit. The sandbox records
+every request's arrival time; the rate over the run must be 10 req/s ± 10 %. A 429 with
+Retry-After sent to one worker pauses all three."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from rossflow.state import URL_ENV
+from tests.fixtures.postgres import StateBackend
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKERS = 3
+RATE = 10.0
+
+
+def run_workers(
+    sandbox,
+    backend: StateBackend,
+    *,
+    mode: str,
+    duration: float,
+    concurrency: int = 4,
+    start: float | None = None,
+) -> tuple[float, list[dict[str, int]]]:
+    """Start the workers together; returns the agreed start time and each worker's counts."""
+    token = sandbox.login()
+    env_common = {k: v for k, v in os.environ.items() if k not in (URL_ENV, "ROSSFLOW_RATE_LIMIT")}
+    env_common.update(backend.env)
+    if backend.url is None:
+        env_common[URL_ENV] = f"sqlite:///{backend.path('shared-state.db')}"
+    env_common["ROSSFLOW_RATE_LIMIT"] = mode
+    env_common["ROSSFLOW_TEST_TOKEN"] = token
+    start = start or time.time() + 4.0  # time to import and open the store, then all start at once
+    procs = []
+    for n in range(WORKERS):
+        home = backend.root / f"home-{n}"
+        home.mkdir(parents=True, exist_ok=True)
+        env = dict(env_common, HOME=str(home))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.client.ratelimit_worker",
+                    sandbox.api_url,
+                    str(start),
+                    str(duration),
+                    str(concurrency),
+                ],
+                cwd=home,
+                env=dict(env, PYTHONPATH=str(ROOT)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=duration + 60)
+            assert proc.returncode == 0, err[-3000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return start, results
+
+
+def arrivals(sandbox, start: float, end: float) -> list[tuple[float, int]]:
+    return [(t, status) for t, status in sandbox.timeline() if start <= t < end]
+
+
+def test_three_workers_share_one_rate_limit(sandbox, state_backend: StateBackend):
+    """The rate across 3 workers stays within 10 req/s ± 10 % over a 10 s run."""
+    duration = 10.0
+    sandbox.reset_stats()
+    start, results = run_workers(sandbox, state_backend, mode="shared", duration=duration)
+    seen = arrivals(sandbox, start, start + duration)
+    rate = len(seen) / duration
+    per_second = [
+        sum(1 for t, _ in seen if start + s <= t < start + s + 1) for s in range(int(duration))
+    ]
+    report = f"{rate:.2f} req/s; per second {per_second}; workers {results}"
+    assert RATE * 0.9 <= rate <= RATE * 1.1, report
+    assert max(per_second) <= RATE * 1.2, report  # no burst either
+    assert all(r["done"] > 0 and r["errors"] == 0 for r in results), report  # all 3 got a share
+    assert not any(status == 429 for _, status in seen), report
+    # cheap: a round trip to the store buys several requests (3 at 10 req/s)
+    for r in results:
+        assert 0 < r["reservations"] <= r["sent"] / 2, report
+
+
+def test_per_process_limits_add_up_without_the_shared_one(sandbox, tmp_path: Path):
+    """The control: with the default (one budget per process), 3 workers send ~3 × 10 req/s,
+    so the measurement above would catch a limiter that is not shared."""
+    duration = 3.0
+    sandbox.reset_stats()
+    start, _ = run_workers(
+        sandbox, StateBackend("sqlite", tmp_path), mode="local", duration=duration
+    )
+    rate = len(arrivals(sandbox, start, start + duration)) / duration
+    assert rate > RATE * 2, f"{rate:.2f} req/s"
+
+
+def test_retry_after_pauses_every_worker(sandbox, state_backend: StateBackend):
+    """One worker gets a 429 with Retry-After: 2; all three stop sending (after the slots
+    already handed out: 3 workers × 0.3 s) until it has passed, then all resume."""
+    duration, retry_after, fault_at = 9.0, 3, 3.0
+    sandbox.reset_stats()
+
+    def inject_later() -> None:
+        time.sleep(max(0.0, start_box["start"] + fault_at - time.time()))
+        sandbox.set_faults(
+            [
+                {
+                    "path": "/api/v1/queues/1",
+                    "kind": "rate_limit",
+                    "retry_after": retry_after,
+                    "times": 1,
+                }
+            ]
+        )
+
+    start_box: dict[str, float] = {"start": time.time() + 4.0}
+    injector = threading.Thread(target=inject_later, daemon=True)
+    injector.start()
+    try:
+        start, results = run_workers(
+            sandbox, state_backend, mode="shared", duration=duration, start=start_box["start"]
+        )
+    finally:
+        injector.join(timeout=30)
+        sandbox.clear_faults()
+    seen = arrivals(sandbox, start, start + duration)
+    refused = [t for t, status in seen if status == 429]
+    report = f"429 at {[round(t - start, 2) for t in refused]}; workers {results}"
+    assert len(refused) == 1, report
+    t429 = refused[0]
+    quiet = [t for t, _ in seen if t429 + 1.0 <= t < t429 + retry_after - 0.05]
+    before = [t for t, _ in seen if t429 - 1.0 <= t < t429]
+    after = [t for t, _ in seen if t429 + retry_after <= t < t429 + retry_after + 1.0]
+    report += (
+        f"; {len(before)} in the second before, {len(after)} after, while paused:"
+        f" {[round(t - t429, 2) for t in quiet]}"
+        f"; all: {[round(t - t429, 2) for t, _ in seen if t429 - 0.2 < t < t429 + 3.2]}"
+    )
+    assert len(before) >= RATE * 0.8, report
+    assert quiet == [], report
+    assert len(after) >= RATE * 0.8, report
+    assert sum(r["rate_limited"] for r in results) == 1, report
