@@ -10,7 +10,7 @@ was refused.
 organisation for all workers on all hosts, in the state store
 (:class:`~rossflow.state.ratelimits.RateLimitStore`: the SQLite file of one host, or PostgreSQL
 via ``ROSSFLOW_STATE_URL``). A process reserves a few slots per round trip (0.3 s worth: 3 at
-10 req/s) and spends them locally and spends them locally; a 429 pauses the shared budget, so every worker waits.
+10 req/s) and spends them locally; a 429 pauses the shared budget, so every worker waits.
 When the store cannot be reached it falls back to the in-process budget, with a warning, and
 tries the store again after a while.
 """
@@ -219,8 +219,8 @@ class SharedRateLimiter:
         returns how long to wait before asking again."""
         with self._fetch_lock:
             with self._lock:
-                if self._slots:
-                    return 0.0  # another caller just reserved
+                if self._slots or time.monotonic() < self._fallback_until:
+                    return 0.0  # another caller just reserved, or found the store down
                 count = min(self.batch, max(1, self._waiting))
                 now = time.monotonic()
                 # Hold at most about two batches ahead: slots already taken by callers that

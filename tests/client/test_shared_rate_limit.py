@@ -159,3 +159,27 @@ def test_retry_after_pauses_every_worker(sandbox, state_backend: StateBackend):
     assert quiet == [], report
     assert len(after) >= RATE * 0.8, report
     assert sum(r["rate_limited"] for r in results) == 1, report
+
+
+async def test_unreachable_store_falls_back_to_the_process_budget(caplog):
+    """Nothing listens where the state store should be: requests still go out, at this
+    process's own rate, with a warning naming the budget (and no password)."""
+    import asyncio
+    import logging
+
+    from rossflow.rossum.ratelimit import SharedRateLimiter
+    from rossflow.state.ratelimits import RateLimitStore
+    from tests.scaleout.processes import free_port
+
+    url = f"postgresql://rossflow:not-shown@127.0.0.1:{free_port()}/state"
+    limiter = SharedRateLimiter("acme.rossum.app/api", 20.0, lambda: RateLimitStore(url=url))
+    caplog.set_level(logging.WARNING, logger="rossflow.rossum")
+    started = time.monotonic()
+    await asyncio.gather(*(limiter.acquire() for _ in range(10)))
+    elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 5.0  # 10 requests at 20 req/s from the local bucket (burst 1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "acme.rossum.app/api" in warnings[0] and "unreachable" in warnings[0]
+    assert "not-shown" not in warnings[0]
+    assert limiter.reservations == 0
