@@ -99,6 +99,7 @@ def test_three_workers_share_one_rate_limit(sandbox, state_backend: StateBackend
     # cheap: a round trip to the store buys several requests (3 at 10 req/s)
     for r in results:
         assert 0 < r["reservations"] <= r["sent"] / 2, report
+    print(report)  # the measurement, with -s
 
 
 def test_per_process_limits_add_up_without_the_shared_one(sandbox, tmp_path: Path):
@@ -159,6 +160,7 @@ def test_retry_after_pauses_every_worker(sandbox, state_backend: StateBackend):
     assert quiet == [], report
     assert len(after) >= RATE * 0.8, report
     assert sum(r["rate_limited"] for r in results) == 1, report
+    print(report)  # the measurement, with -s
 
 
 async def test_unreachable_store_falls_back_to_the_process_budget(caplog):
