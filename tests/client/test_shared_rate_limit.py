@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from rossflow.state import URL_ENV
 from tests.fixtures.postgres import StateBackend
 
@@ -185,3 +187,30 @@ async def test_unreachable_store_falls_back_to_the_process_budget(caplog):
     assert "acme.rossum.app/api" in warnings[0] and "unreachable" in warnings[0]
     assert "not-shown" not in warnings[0]
     assert limiter.reservations == 0
+
+
+def test_block_and_environment_choose_the_budget(monkeypatch, tmp_path: Path):
+    """The block's ``shared_rate_limit`` wins over ``ROSSFLOW_RATE_LIMIT``; the key defaults to
+    the base URL's host and path (one organisation) and can be overridden; a wrong mode value
+    is a clear error."""
+    from blocks.rossum import RossumCredentials
+    from rossflow.rossum import RateLimiter, SharedRateLimiter
+    from rossflow.rossum.ratelimit import RateLimitConfigError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ROSSFLOW_RATE_LIMIT", raising=False)
+    base = "https://acme.rossum.app/api"
+    assert isinstance(RossumCredentials(base_url=base, token="t").get_client().limiter, RateLimiter)
+
+    monkeypatch.setenv("ROSSFLOW_RATE_LIMIT", "shared")
+    limiter = RossumCredentials(base_url=base, token="t").get_client().limiter
+    assert isinstance(limiter, SharedRateLimiter)
+    assert limiter.key == "acme.rossum.app/api" and limiter.rate == 10.0
+    keyed = RossumCredentials(base_url=base, token="t", rate_limit_key="acme-eu").get_client()
+    assert keyed.limiter.key == "acme-eu"
+    local = RossumCredentials(base_url=base, token="t", shared_rate_limit=False).get_client()
+    assert isinstance(local.limiter, RateLimiter)
+
+    monkeypatch.setenv("ROSSFLOW_RATE_LIMIT", "cluster")
+    with pytest.raises(RateLimitConfigError, match="ROSSFLOW_RATE_LIMIT='cluster'"):
+        RossumCredentials(base_url=base, token="t").get_client()
