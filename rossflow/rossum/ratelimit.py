@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 log = logging.getLogger("rossflow.rossum")
@@ -96,6 +96,18 @@ def shared_limiter(key: str, rate_per_s: float, burst: int = 1) -> RateLimiter:
         return limiter
 
 
+class BudgetStore(Protocol):
+    """Where a shared budget lives (:class:`~rossflow.state.ratelimits.RateLimitStore`)."""
+
+    def reserve(
+        self, key: str, count: int, *, rate: float, burst: int = 1, horizon: float = 2.0
+    ) -> Any: ...
+
+    def pause(self, key: str, seconds: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class RateLimitConfigError(ValueError):
     """``ROSSFLOW_RATE_LIMIT`` has a value rossflow does not know."""
 
@@ -133,7 +145,7 @@ class SharedRateLimiter:
         self,
         key: str,
         rate_per_s: float,
-        store_factory: Callable[[], object],
+        store_factory: Callable[[], BudgetStore],
         *,
         burst: int = 1,
         horizon_s: float = 2.0,
@@ -149,7 +161,8 @@ class SharedRateLimiter:
         self.batch = max(1, int(self.rate * batch_s))
         self.fallback = RateLimiter(self.rate, self.burst)
         self._store_factory = store_factory
-        self._store: object | None = None
+        self._store: BudgetStore | None = None
+        self._open_lock = threading.Lock()
         self._slots: deque[float] = deque()  # monotonic times of reserved slots
         self._paused_until = 0.0
         self._waiting = 0
@@ -205,10 +218,11 @@ class SharedRateLimiter:
 
     # -- the store ----------------------------------------------------------------------------
 
-    def _open(self) -> object:
-        if self._store is None:
-            self._store = self._store_factory()
-        return self._store
+    def _open(self) -> BudgetStore:
+        with self._open_lock:
+            if self._store is None:
+                self._store = self._store_factory()
+            return self._store
 
     def connect(self) -> None:
         """Open the store now (creating its table) instead of on the first request."""
@@ -229,7 +243,7 @@ class SharedRateLimiter:
             if not_yet > 0:
                 return not_yet  # the store said when; asking earlier would only cost
             try:
-                grant = self._open().reserve(  # type: ignore[attr-defined]
+                grant = self._open().reserve(
                     self.key, count, rate=self.rate, burst=self.burst, horizon=self.horizon
                 )
             except Exception as exc:  # the store is down: fail safe to this process's budget
@@ -255,11 +269,11 @@ class SharedRateLimiter:
             self.rate,
             self.RETRY_STORE_S,
         )
-        store, self._store = self._store, None
-        close = getattr(store, "close", None)
-        if callable(close):
+        with self._open_lock:
+            store, self._store = self._store, None
+        if store is not None:
             try:
-                close()
+                store.close()
             except Exception:  # noqa: S110 - a broken store may fail to close; it is dropped
                 pass
 
@@ -274,7 +288,7 @@ class SharedRateLimiter:
 
     def _pause_store(self, seconds: float) -> None:
         try:
-            self._open().pause(self.key, seconds)  # type: ignore[attr-defined]
+            self._open().pause(self.key, seconds)
         except Exception as exc:
             self._store_unreachable(exc)
 
@@ -282,7 +296,7 @@ class SharedRateLimiter:
 _shared_registry: dict[tuple[str, str | None], SharedRateLimiter] = {}
 
 
-def _default_store() -> object:
+def _default_store() -> BudgetStore:
     from rossflow.state.ratelimits import RateLimitStore
 
     return RateLimitStore()
@@ -293,7 +307,7 @@ def shared_store_limiter(
     rate_per_s: float,
     burst: int = 1,
     *,
-    store_factory: Callable[[], object] | None = None,
+    store_factory: Callable[[], BudgetStore] | None = None,
 ) -> SharedRateLimiter:
     """The process's :class:`SharedRateLimiter` for ``key`` (and the configured state URL),
     created on first use; a later call with another rate retunes it."""
