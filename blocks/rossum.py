@@ -27,7 +27,25 @@ class RossumCredentials(Block):
     )
     rate_limit_per_s: float | None = Field(
         default=10.0,
-        description="Requests per second shared by all work in a process (Rossum allows 10).",
+        description=(
+            "Requests per second (Rossum allows 10): per process, or for all workers together"
+            " when the rate limit is shared."
+        ),
+    )
+    shared_rate_limit: bool | None = Field(
+        default=None,
+        description=(
+            "One budget for all workers (kept in the state store: SQLite on one host,"
+            " PostgreSQL via ROSSFLOW_STATE_URL). Empty: the ROSSFLOW_RATE_LIMIT variable"
+            " decides ('shared' or 'local', the default: one budget per process)."
+        ),
+    )
+    rate_limit_key: str | None = Field(
+        default=None,
+        description=(
+            "Name of the shared budget; blocks with the same key share it. Default: the"
+            " base URL's host and path (one Rossum organisation), e.g. acme.rossum.app/api."
+        ),
     )
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
@@ -49,5 +67,7 @@ class RossumCredentials(Block):
             ),
             retry=RetryPolicy(max_attempts=self.max_attempts),
             rate_limit_per_s=self.rate_limit_per_s,
+            shared_rate_limit=self.shared_rate_limit,
+            rate_limit_key=self.rate_limit_key,
             max_connections=self.max_connections,
         )

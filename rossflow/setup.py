@@ -337,6 +337,7 @@ rossum:                       # Rossum Credentials
     username: integration@acme.com
     password: ${ROSSUM_PASSWORD}
     rate_limit_per_s: 10
+    # shared_rate_limit: true   # one budget for all workers (or ROSSFLOW_RATE_LIMIT=shared)
 
 rest:                         # Rossflow REST Target (the ERP)
   erp:

@@ -32,7 +32,7 @@ import math
 import random
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,12 +191,16 @@ class RateLimiter:
 
 
 class Stats:
-    """Request counts by ``METHOD /route/template`` (and by status code)."""
+    """Request counts by ``METHOD /route/template`` (and by status code), and a timeline of
+    the last requests (arrival time, status) for tests that measure rates at the server."""
+
+    TIMELINE_MAX = 200_000
 
     def __init__(self) -> None:
         self.by_route: Counter[str] = Counter()
         self.by_status: Counter[int] = Counter()
         self.total = 0
+        self.timeline: deque[tuple[float, int]] = deque(maxlen=self.TIMELINE_MAX)
 
     def record(self, key: str) -> None:
         self.by_route[key] += 1
@@ -206,6 +210,7 @@ class Stats:
         self.by_route.clear()
         self.by_status.clear()
         self.total = 0
+        self.timeline.clear()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -257,7 +262,7 @@ class SandboxMiddleware:
             return
         method: str = scope["method"]
         self.stats.record(f"{method} {self.template(scope)}")
-        counting_send = self._counting(send)
+        counting_send = self._counting(send, time.time())
         retry_after = self.limiter.check(self.config.rate_limit_per_s)
         if retry_after is not None:
             resp = error_response(429, "global rate limit", {"Retry-After": str(retry_after)})
@@ -293,10 +298,11 @@ class SandboxMiddleware:
             await self.app(scope, receive, swallow)
             await self._drop(send)
 
-    def _counting(self, send: Send) -> Send:
+    def _counting(self, send: Send, arrived: float) -> Send:
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.stats.by_status[int(message["status"])] += 1
+                self.stats.timeline.append((arrived, int(message["status"])))
             await send(message)
 
         return wrapped

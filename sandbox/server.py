@@ -101,6 +101,11 @@ class SandboxServer:
     def stats(self) -> dict[str, Any]:
         return dict(self._admin("GET", "stats"))
 
+    def timeline(self) -> list[tuple[float, int]]:
+        """(arrival epoch seconds, status) of the last API requests, oldest first."""
+        body = self._admin("GET", "stats?timeline=1")
+        return [(float(t), int(status)) for t, status in body["timeline"]]
+
     def reset_stats(self) -> None:
         self._admin("DELETE", "stats")
 

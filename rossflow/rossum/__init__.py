@@ -31,7 +31,12 @@ from .errors import (
     TaskFailedError,
     UncertainOutcomeError,
 )
-from .ratelimit import RateLimiter, shared_limiter
+from .ratelimit import (
+    RateLimiter,
+    SharedRateLimiter,
+    default_rate_limit_key,
+    shared_limiter,
+)
 
 __all__ = [
     "AuthenticationError",
@@ -50,12 +55,14 @@ __all__ = [
     "RossumError",
     "RossumTransportError",
     "ServerError",
+    "SharedRateLimiter",
     "TaskFailedError",
     "Timeouts",
     "UncertainOutcomeError",
     "UploadResult",
     "chunked",
     "clear_token_cache",
+    "default_rate_limit_key",
     "id_from_url",
     "shared_limiter",
 ]

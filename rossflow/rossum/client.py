@@ -48,7 +48,13 @@ from .errors import (
     api_error_class,
     safe_url,
 )
-from .ratelimit import RateLimiter, shared_limiter
+from .ratelimit import (
+    Limiter,
+    default_rate_limit_key,
+    shared_limiter,
+    shared_mode,
+    shared_store_limiter,
+)
 
 log = logging.getLogger("rossflow.rossum")
 
@@ -138,7 +144,9 @@ class RossumClient:
         retry: RetryPolicy | None = None,
         rate_limit_per_s: float | None = 10.0,
         rate_limit_burst: int = 10,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
+        shared_rate_limit: bool | None = None,
+        rate_limit_key: str | None = None,
         max_connections: int = 20,
         verify: bool | str = True,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -158,7 +166,12 @@ class RossumClient:
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
         if limiter is not None:
-            self.limiter: RateLimiter | None = limiter
+            self.limiter: Limiter | None = limiter
+        elif rate_limit_per_s and shared_mode(shared_rate_limit):
+            # One budget per Rossum organisation for every worker (state store), smooth: one
+            # request per 1/rate s across all of them, no burst.
+            key = rate_limit_key or default_rate_limit_key(base)
+            self.limiter = shared_store_limiter(key, rate_limit_per_s, burst=1)
         elif rate_limit_per_s:
             self.limiter = shared_limiter(origin.netloc, rate_limit_per_s, rate_limit_burst)
         else:

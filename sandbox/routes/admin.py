@@ -113,7 +113,11 @@ async def admin_stats(request: Request) -> Response:
     box = sb(request)
     if request.method == "DELETE":
         box.stats.reset()
-    return JSONResponse(box.stats.as_dict())
+    body = box.stats.as_dict()
+    if request.query_params.get("timeline"):
+        # [[arrival epoch seconds, status], ...] of the last requests (rate measurements)
+        body["timeline"] = [list(item) for item in box.stats.timeline]
+    return JSONResponse(body)
 
 
 async def admin_deliveries(request: Request) -> Response:

@@ -151,6 +151,7 @@ def test_compose_postgres_server_workers_webhook() -> None:
         assert env["ROSSFLOW_STATE_URL"].startswith("postgresql+psycopg://prefect@postgres:5432/")
         assert env["ROSSFLOW_STATE_PASSWORD_FILE"] == "/run/secrets/postgres_password"
         assert "postgres_password" in secret_names(service)
+        assert env["ROSSFLOW_RATE_LIMIT"] == "shared"  # one Rossum budget for all workers
 
 
 def test_compose_healthchecks_and_restart() -> None:
