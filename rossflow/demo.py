@@ -15,6 +15,9 @@ confirmation happens by itself. ``--once`` exits when the documents are exported
 would); otherwise the services keep running (drop more PDFs into ``<home>/sftp/inbox``: the
 ingest deployment picks them up every ``--interval`` seconds) until Ctrl-C, which shuts
 everything down.
+
+Queue 2 (export-event mode) is in :mod:`rossflow.demo_event`; the progress line and the
+summary are printed by :mod:`rossflow.demo_report`.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from rossflow.demo_event import EVENT_QUEUE, export_event_queue, register_export_hook
+from rossflow.demo_report import Progress, ingest_lines, outcome
+
 PIPELINE = (Path(__file__).parent / "localstack" / "demo_pipeline.yaml").read_text()
 HOOK_NAME = "rossflow-demo-webhook"
-#: Queue 2 has no confirmed state: Rossum itself calls the export hook (export-event mode).
-EVENT_QUEUE = 2
 EVENT_JOBS_DB = "export-jobs.db"
 DEFAULT_COALESCE_S = 2.0
 
@@ -464,82 +468,12 @@ async def _ingest(home: Path) -> dict[str, int]:
     return ingested
 
 
-class Progress:
-    """Status counts of queue 1, the receiver's counters, export runs and the ERP, as one line."""
-
-    PENDING = ("importing", "to_review", "reviewing", "confirmed", "exporting")
-
-    def __init__(self, info: dict[str, Any], export_name: str) -> None:
-        self.info = info
-        self.export_name = export_name
-        self.sandbox = info["sandbox"]
-        self.token = self.sandbox.login()
-        self.tty = sys.stdout.isatty()
-        self.started = time.monotonic()
-        self.last_line = ""
-        self.last_print = 0.0
-        self.baseline = self.counts()
-
-    def counts(self) -> dict[str, int]:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        out = {}
-        with httpx.Client(base_url=self.sandbox.api_url, headers=headers, timeout=30) as client:
-            for status in (*self.PENDING, "exported", "failed_export"):
-                resp = client.get(
-                    "/v1/annotations", params={"queue": 1, "status": status, "page_size": 1}
-                )
-                out[status] = int(resp.json()["pagination"]["total"])
-        return out
-
-    async def export_runs(self) -> dict[str, int]:
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
-
-        try:
-            async with get_client() as client:
-                runs = await client.read_flow_runs(
-                    deployment_filter=DeploymentFilter(
-                        name=DeploymentFilterName(any_=[self.export_name.split("/")[1]])
-                    )
-                )
-        except Exception:  # progress only: never fail the demo for it
-            return {}
-        states: dict[str, int] = {}
-        for run in runs:
-            key = (run.state_type.value if run.state_type else "UNKNOWN").lower()
-            states[key] = states.get(key, 0) + 1
-        return states
-
-    async def show(self, counts: dict[str, int], receiver: Any, *, final: bool = False) -> str:
-        runs = await self.export_runs()
-        hooks = receiver.app.state.receiver.counters
-        erp = self.info["erp"].stats()
-        elapsed = time.monotonic() - self.started
-        run_text = " ".join(f"{v} {k}" for k, v in sorted(runs.items())) or "none yet"
-        line = (
-            f"[{elapsed:4.0f}s] importing {counts['importing']} · to review "
-            f"{counts['to_review'] + counts['reviewing']} · confirmed "
-            f"{counts['confirmed'] + counts['exporting']} · exported "
-            f"{counts['exported'] - self.baseline['exported']} · failed "
-            f"{counts['failed_export'] - self.baseline['failed_export']} | hook calls "
-            f"{hooks.get('received', 0)} → events {hooks.get('emitted', 0)} | export runs: "
-            f"{run_text} | ERP {erp['documents']}"
-        )
-        if self.tty and not final:
-            print("\r  " + line.ljust(len(self.last_line)), end="", flush=True)
-        elif final or (line != self.last_line and time.monotonic() - self.last_print > 5):
-            print(("\r  " if self.tty else "  ") + line, flush=True)
-            self.last_print = time.monotonic()
-        self.last_line = line
-        return line
-
-
 async def _main(args: argparse.Namespace, home: Path, info: dict[str, Any]) -> int:
     with ExitStack() as stack:
         receiver = _start_receiver(stack, home, args)
         hook_id = _register_hook(info["sandbox"], receiver)
         print(f"  Webhook receiver {receiver.hook_url}  (sandbox hook #{hook_id}, signed)")
-        event_hook = await _register_export_hook(info["sandbox"], receiver)
+        event_hook = await register_export_hook(info["sandbox"], receiver)
         print(
             f"  Export hook      queue {EVENT_QUEUE} (no confirmed state): sandbox hook "
             f"#{event_hook}, annotation_content.export → {receiver.hook_url}"
@@ -599,7 +533,7 @@ async def _pipeline(
     )
     ingested = await _ingest(home)
     save_state(home, args.state)
-    for line in _ingest_lines(ingested, info):
+    for line in ingest_lines(ingested, info):
         print(line)
     uploaded = int(ingested.get("uploaded", 0))
     print(
@@ -618,8 +552,8 @@ async def _pipeline(
         if args.once:
             if pending == 0 and done + failed >= uploaded:
                 await progress.show(counts, receiver, final=True)
-                code = _outcome(info, done, failed, args, via="webhook trigger")
-                return max(code, await _export_event_queue(args, info))
+                code = outcome(info, done, failed, args, via="webhook trigger")
+                return max(code, await export_event_queue(args, info))
             if time.monotonic() > deadline:
                 await progress.show(counts, receiver, final=True)
                 return await _safety_net(args, home, info, progress)
@@ -661,128 +595,4 @@ async def _safety_net(
     counts = await asyncio.to_thread(progress.counts)
     done = counts["exported"] - progress.baseline["exported"]
     failed = counts["failed_export"] - progress.baseline["failed_export"]
-    return _outcome(info, done, failed, args, via="safety net")
-
-
-def _ingest_lines(counts: dict[str, int], info: dict[str, Any]) -> list[str]:
-    """What the ingest did, in words, with where to look for anything not uploaded."""
-    order = ("uploaded", "duplicate", "failed", "deferred", "skipped")
-    lines = [
-        "  ingest:  "
-        + ", ".join(f"{counts.get(k, 0)} {k}" for k in order)
-        + f" ({counts.get('uploads_sent', 0)} upload(s) sent to Rossum)"
-    ]
-    if counts.get("duplicate"):
-        lines.append(
-            f"  note: {counts['duplicate']} sample(s) were already in Rossum (same content "
-            "uploaded by an earlier run): not uploaded again; the ingest report names each "
-            "one's annotation (Prefect UI → Artifacts → ingest-report)"
-        )
-    if counts.get("failed"):
-        lines.append(
-            f"  note: {counts['failed']} file(s) failed: the reason is in "
-            f"{info['sftp_root'] / 'inbox' / 'failed'}/<name>.error.json (SFTP) or under "
-            "s3://rossum-inbox/failed/ (S3), and in the ingest report"
-        )
-    return lines
-
-
-def _outcome(
-    info: dict[str, Any], exported: int, failed: int, args: argparse.Namespace, via: str
-) -> int:
-    erp = info["erp"].stats()
-    home: Path = args.home.resolve()
-    sandbox = info["sandbox"]
-    print(
-        f"rossflow demo: exported {exported}, failed {failed} (via {via}); ERP holds "
-        f"{erp['documents']} invoice(s), {erp['duplicates']} duplicate(s) refused · "
-        f"Prefect UI http://127.0.0.1:{args.prefect_port}"
-    )
-    reports = sorted(
-        (home / "export-state" / "reports").glob("export-*.csv"), key=lambda p: p.stat().st_mtime
-    )
-    where = [
-        (
-            "Prefect UI",
-            f"http://127.0.0.1:{args.prefect_port}  (flow runs; artifacts "
-            "ingest-summary, ingest-report, export reports; kept in "
-            f"{home / 'prefect'})",
-        ),
-        (
-            "Rossum sandbox",
-            f"{sandbox.api_url}/v1/annotations?queue=1  (login "
-            f"{sandbox.username} / {sandbox.password}; database {home / 'sandbox.db'})",
-        ),
-        ("ERP stand-in", f"{info['erp'].url}/_erp/received"),
-        ("SFTP", f"{info['sftp_root']}: inbox/archive/ (ingested PDFs), archive/ (exported XML)"),
-        ("S3", f"{info['s3'].endpoint_url}  bucket rossum-inbox (in memory)"),
-        ("export report", str(reports[-1]) if reports else str(home / "export-state/reports")),
-        ("logs", f"{home / 'runner.log'}, {home / 'prefect-server.log'}"),
-    ]
-    print(
-        "  where to look"
-        + (" (the servers stop with --once; the files stay):" if args.once else ":")
-    )
-    width = max(len(name) for name, _ in where)
-    for name, text in where:
-        print(f"    {name.ljust(width)}  {text}")
-    print(f"  state: {home} (reused by the next run; --fresh starts over)")
-    return 1 if failed else 0
-
-
-# ------------------------------------------------------------------ queue 2: export-event mode
-
-
-async def _register_export_hook(sandbox: Any, receiver: Any) -> int:
-    """``rossflow export-hook`` for queue 2, against the sandbox (idempotent across starts)."""
-    from rossflow.rossum import RossumClient
-    from rossflow.webhook.register import register_export_hook
-
-    async with RossumClient(
-        sandbox.api_url, username=sandbox.username, password=sandbox.password
-    ) as client:
-        hook, _, _ = await register_export_hook(
-            client, queue_id=EVENT_QUEUE, url=receiver.hook_url, secret=receiver.settings.secrets[0]
-        )
-    return int(hook["id"])
-
-
-async def _export_event_queue(args: argparse.Namespace, info: dict[str, Any]) -> int:
-    """Queue 2 next to queue 1: confirming moves the annotations to ``exporting``, the sandbox
-    calls the export hook, rossflow answers 202 and later 201, the sandbox moves them to
-    ``exported`` with the ERP id written back through the answer's operations."""
-    sandbox = info["sandbox"]
-    count = max(1, min(args.files, 4))
-    ids = await asyncio.to_thread(sandbox.seed, queue=EVENT_QUEUE, count=count, status="to_review")
-    erp_before = info["erp"].stats()["documents"]
-    print(
-        f"rossflow demo: queue {EVENT_QUEUE} (export event): the operator confirms {count} "
-        "annotation(s); Rossum calls the export hook and polls rossflow for the answer"
-    )
-    await asyncio.to_thread(sandbox.confirm_all, EVENT_QUEUE)
-    token = sandbox.login()
-    deadline = time.monotonic() + args.timeout
-    with httpx.Client(
-        base_url=sandbox.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    ) as client:
-        while True:
-            anns = [client.get(f"/v1/annotations/{i}").json() for i in ids]
-            statuses = [a["status"] for a in anns]
-            if all(s in ("exported", "failed_export") for s in statuses):
-                break
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(1.0)
-    exported = statuses.count("exported")
-    failed = statuses.count("failed_export")
-    erp = info["erp"].stats()
-    print(
-        f"rossflow demo: queue {EVENT_QUEUE} (export event): exported {exported}, failed "
-        f"{failed}, still exporting {len(ids) - exported - failed}; ERP received "
-        f"{erp['documents'] - erp_before} more invoice(s), {erp['duplicates']} duplicate(s)"
-    )
-    for ann in anns:
-        for message in ann.get("messages") or []:
-            if message.get("type") == "error":
-                print(f"  annotation {ann['id']}: {message.get('content')}")
-    return 0 if exported == len(ids) else 1
+    return outcome(info, done, failed, args, via="safety net")

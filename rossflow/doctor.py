@@ -7,6 +7,9 @@ handshake, ``HeadBucket``. Exit code 1 when a check fails.
 
 The checks are plain functions over loaded blocks and Rossum's JSON (testable without Prefect);
 :func:`gather` reads what to check from the Prefect API and :func:`run` is the thin CLI.
+
+Just over 600 lines but one concept: the installation check. Each check is a short function
+with its fix text; kept together so the list of checks reads in the order it runs.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Stored nodes already have Rossum's API shape (spec §8.1), including ``url`` with the ``@@BASE@@``
 placeholder, so ``GET …/content`` is a text substitution. Node ids come from one global counter,
 hence are unique per annotation (and across annotations).
+
+Over 600 lines but one concept: the content tree. Building, updating (``operations`` and
+``PATCH``) and exporting all walk the same node shapes and must agree on them.
 """
 
 from __future__ import annotations

@@ -46,6 +46,9 @@ Strings in bodies and headers are templated: ``{{id}}`` (a new ERP document id l
 Answer precedence: auth check (401) -> idempotent replay -> script -> fail_when_body_contains ->
 routes -> default. Only final answers (2xx and 4xx except 408/429) are remembered per
 idempotency key, so a client retrying after a 503 gets a fresh answer, as with real APIs.
+
+Over 600 lines but one concept: the ERP stand-in. The config, the recorded state and the
+answer precedence above are one behaviour that tests script as a whole.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ Where the official SDK is weak (anchors §1.4, W1–W9) this client is deliberat
 * list calls follow ``next``; calls that change the very filter they page through are batched by
   explicit ``id`` lists instead (see :meth:`RossumClient.export_pages` for the read side);
 * ``next`` links are only followed on the same origin, so the token never leaks to another host.
+
+Over 600 lines but one concept: the client facade. Every Rossum call goes through one
+:class:`RossumClient` (one session, one token, one retry policy and rate limiter), so its
+endpoints stay together; the policies it applies live beside it (``ratelimit``, ``errors``).
 """
 
 from __future__ import annotations

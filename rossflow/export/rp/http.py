@@ -31,6 +31,7 @@ __all__ = [
     "jwt_assertion",
     "oauth1_header",
     "response_object",
+    "safe_url",
     "token_from_reply",
 ]
 
@@ -298,6 +299,13 @@ def jwt_assertion(auth: Mapping[str, Any], now: float | None = None) -> str:
 
 
 # -------------------------------------------------------------------------- responses
+
+
+def safe_url(url: str) -> str:
+    """``url`` without credentials, query or fragment (for messages and records)."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 def response_object(reply: httpx.Response, elapsed_s: float) -> dict[str, Any]:

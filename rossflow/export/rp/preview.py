@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 from rossflow.export.config import RpCallStep, RpEvaluateStep, RpGetContentStep
 from rossflow.export.errors import StepError, redact
+from rossflow.export.rp.direct_export import DIRECT_EXPORT_PATH
 from rossflow.export.rp.filters import evaluate_filter
 from rossflow.export.rp.http import encode_request
-from rossflow.export.rp.runner import DIRECT_EXPORT_PATH
 from rossflow.export.rp.templates import FieldTree, Scope, Unresolved, fill, resolve_path
 
 __all__ = ["preview_rp_step"]
