@@ -20,11 +20,23 @@ EVENT_QUEUE = 2
 async def register_export_hook(sandbox: Any, receiver: Any) -> int:
     """``rossflow export-hook`` for queue 2, against the sandbox (idempotent across starts)."""
     from rossflow.rossum import RossumClient
-    from rossflow.webhook.register import register_export_hook
+    from rossflow.webhook.register import DEFAULT_NAME, register_export_hook
 
     async with RossumClient(
         sandbox.api_url, username=sandbox.username, password=sandbox.password
     ) as client:
+        # A reused demo state still holds the export hook of an earlier demo run, pointing at
+        # that run's receiver (another port): Rossum would call it, fail, and move every
+        # annotation to failed_export. The demo owns these hooks, so it switches them off.
+        for old in await client.list_hooks():
+            config = old.get("config") or {}
+            if (
+                old.get("name") == DEFAULT_NAME
+                and old.get("active", True)
+                and config.get("url") != receiver.hook_url
+                and "annotation_content.export" in (old.get("events") or [])
+            ):
+                await client.update_hook(int(old["id"]), {"active": False})
         hook, _, _ = await register_export_hook(
             client, queue_id=EVENT_QUEUE, url=receiver.hook_url, secret=receiver.settings.secrets[0]
         )
