@@ -427,12 +427,16 @@ class ExportEngine:
                     doc.message += f" (could not set failed_export: {exc})"
 
         await asyncio.gather(*(fail(d) for d in failed))
+        return self._reports(batch, default="not_moved")
+
+    def _reports(self, batch: ExportBatch, *, default: Outcome) -> list[DocReport]:
+        """One report row per annotation, secrets masked (``default``: no outcome was set)."""
         return [
             DocReport(
                 annotation_id=d.annotation_id,
                 queue_id=d.queue_id,
                 file_name=d.file_name,
-                outcome=d.outcome or "not_moved",
+                outcome=d.outcome or default,
                 target=d.last_target or "",
                 http_status=d.last_http_status,
                 message=self.redactor(d.message),
@@ -452,21 +456,7 @@ class ExportEngine:
         for doc in failed:
             assert doc.error is not None
             doc.outcome, doc.message = "failed", doc.error.message()
-        return [
-            DocReport(
-                annotation_id=d.annotation_id,
-                queue_id=d.queue_id,
-                file_name=d.file_name,
-                outcome=d.outcome or "failed",
-                target=d.last_target or "",
-                http_status=d.last_http_status,
-                message=self.redactor(d.message),
-                warnings=self.redactor("; ".join(d.warnings)),
-                status=d.status,
-                step=(d.error.step or "") if d.error is not None else "",
-            )
-            for d in batch.docs
-        ]
+        return self._reports(batch, default="failed")
 
 
 def _summary(doc: DocState) -> str:
