@@ -64,6 +64,19 @@ async def resolve_targets(config: PipelineConfig) -> Targets:
     return Targets(rest=rest, sftp=sftp, s3=s3)
 
 
+async def load_run_inputs(
+    pipeline: str, rossum: str, secrets_block: str | None
+) -> tuple[PipelineConfig, RossumCredentials, dict[str, Any], Targets]:
+    """What every export flow starts from: the pipeline (its loader warnings logged), the
+    Rossum Credentials block, the pipeline secrets and the targets the pipeline names."""
+    config = load_pipeline_source(pipeline)
+    for warning in config.warnings:
+        get_run_logger().warning("pipeline %s: %s", config.name, warning)
+    creds = await RossumCredentials.aload(rossum)
+    secrets = dict((await PipelineSecrets.aload(secrets_block)).values) if secrets_block else {}
+    return config, creds, secrets, await resolve_targets(config)
+
+
 @flow(name="rossum-export", log_prints=False)
 async def export_confirmed(
     queues: list[int],
@@ -101,12 +114,7 @@ async def export_confirmed(
         state_dir: Where the delivery ledger, stored requests/replies and reports live.
     """
     logger = get_run_logger()
-    config = load_pipeline_source(pipeline)
-    for warning in config.warnings:
-        logger.warning("pipeline %s: %s", config.name, warning)
-    creds = await RossumCredentials.aload(rossum)
-    secrets = dict((await PipelineSecrets.aload(secrets_block)).values) if secrets_block else {}
-    targets = await resolve_targets(config)
+    config, creds, secrets, targets = await load_run_inputs(pipeline, rossum, secrets_block)
     state = Path(state_dir)
     ledger = Ledger(state / "ledger.db")
     client = creds.get_client()
@@ -219,4 +227,4 @@ async def _publish_report(
     )
 
 
-__all__ = ["export_confirmed", "load_pipeline_source", "resolve_targets"]
+__all__ = ["export_confirmed", "load_pipeline_source", "load_run_inputs", "resolve_targets"]

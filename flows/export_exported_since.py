@@ -18,8 +18,7 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 from pydantic import Field
 
-from blocks import PipelineSecrets, RossumCredentials
-from flows.export import load_pipeline_source, resolve_targets
+from flows.export import load_run_inputs
 from rossflow.artifacts import ArtifactStore
 from rossflow.export.batch import DocReport
 from rossflow.export.engine import ExportEngine
@@ -72,12 +71,7 @@ async def export_exported_since(
             (ROSSFLOW_STATE_URL puts the ledger and watermarks in PostgreSQL instead).
     """
     logger = get_run_logger()
-    config = load_pipeline_source(pipeline)
-    for warning in config.warnings:
-        logger.warning("pipeline %s: %s", config.name, warning)
-    creds = await RossumCredentials.aload(rossum)
-    secrets = dict((await PipelineSecrets.aload(secrets_block)).values) if secrets_block else {}
-    targets = await resolve_targets(config)
+    config, creds, secrets, targets = await load_run_inputs(pipeline, rossum, secrets_block)
     state = Path(state_dir)
     ledger = Ledger(state / "ledger.db")
     watermarks = WatermarkStore(state / "state.db")
