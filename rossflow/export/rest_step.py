@@ -494,7 +494,7 @@ class RestSender:
         """``idempotency: none`` and an earlier call's outcome is unknown: never resend."""
         self.ledger.finish(key, ok=False, result={"attempts": list(attempts), "uncertain": True})
         error = DeliveryError(
-            "not resent automatically (idempotency: none)",
+            "not resent automatically",
             step=step.name,
             target=endpoint.display_name,
             secrets=self.redactor,

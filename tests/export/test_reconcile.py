@@ -305,8 +305,70 @@ async def test_chaos_200_annotations_erp_ignoring_the_key_reconcile_no_duplicate
     assert failed == []
     stats = rig.erp.stats()
     assert stats["by_status"].get("503", 0) > 20  # the chaos did happen
-    assert any(d for d in rig.erp.received() if d["method"] == "GET")
     booked = booked_numbers(rig)
     assert booked == Counter(numbers.values())  # 0 duplicates, 0 lost
+    assert any(d for d in rig.erp.received() if d["method"] == "GET")
     statuses = await rig.statuses(ids)
     assert set(statuses.values()) == {"exported"}
+
+
+# -- the operator's answer: rossflow ledger mark -----------------------------------------------
+
+
+async def test_marked_delivered_then_replayed_adopts_the_erp_id_without_resending(rig, capsys):
+    from rossflow.ledger_cli import run as ledger_cli
+
+    ids = rig.sandbox.seed(queue=1, count=1, status="confirmed")
+    number = (await invoice_numbers(rig, ids))[ids[0]]
+    rig.erp.configure(
+        {
+            "ignore_idempotency_key": True,
+            "script": [{"status": 503, "books": True, "times": 1, "path": "/api/invoices"}],
+        }
+    )
+    use_target(rig)
+    reports = await rig.run(pipeline("none"), ids)
+    assert reports[0].outcome == "failed_uncertain"
+    booked_id = rig.erp.booked()[0]["id"]  # what the operator finds in the ERP
+    state = ["--state-dir", str(rig.state)]
+    assert ledger_cli([*state, "show", "--annotation", str(ids[0])]) == 0
+    assert "uncertain" in capsys.readouterr().out
+    mark = ["mark", "--annotation", str(ids[0]), "--step", "post_invoice", "delivered"]
+    assert ledger_cli([*state, *mark, "--reply", json.dumps({"id": booked_id})]) == 0
+    again = await rig.run(pipeline("none"), ids)
+    assert again[0].outcome == "exported", again[0].message
+    assert booked_numbers(rig)[number] == 1
+    assert (await erp_ids_written_back(rig, ids))[ids[0]] == booked_id
+
+
+async def test_marked_not_delivered_then_replayed_sends_it_once(rig):
+    from rossflow.ledger_cli import run as ledger_cli
+
+    ids = rig.sandbox.seed(queue=1, count=1, status="confirmed")
+    number = (await invoice_numbers(rig, ids))[ids[0]]
+    rig.erp.configure(  # a 503 that booked nothing; rossflow cannot know that
+        {"ignore_idempotency_key": True, "fail_when_body_contains": {number: {"status": 503}}}
+    )
+    use_target(rig)
+    assert (await rig.run(pipeline("none"), ids))[0].outcome == "failed_uncertain"
+    assert booked_numbers(rig)[number] == 0
+    state = ["--state-dir", str(rig.state)]
+    mark = ["mark", "--annotation", str(ids[0]), "--step", "post_invoice", "not-delivered"]
+    assert ledger_cli([*state, *mark]) == 0
+    rig.erp.configure({"ignore_idempotency_key": True})
+    again = await rig.run(pipeline("none"), ids)
+    assert again[0].outcome == "exported", again[0].message
+    assert booked_numbers(rig)[number] == 1
+
+
+def test_mark_names_the_recorded_steps_when_the_step_is_unknown(tmp_path, capsys):
+    from rossflow.ledger_cli import run as ledger_cli
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.claim("k1", kind="delivery", subject="7", step="post_invoice", target="erp")
+    code = ledger_cli(
+        ["--state-dir", str(tmp_path), "mark", "--annotation", "7", "--step", "post", "delivered"]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "'post'" in err and "post_invoice" in err and "annotation 7" in err
