@@ -51,8 +51,8 @@ RECONCILE = """    idempotency: reconcile
     lookup: {url: "/api/invoices?number=@{invoice_id}", found: "results[0]"}"""
 
 
-def pipeline(mode: str) -> str:
-    block = RECONCILE if mode == "reconcile" else f"    idempotency: {mode}"
+def pipeline(mode: str | None) -> str:
+    block = RECONCILE if mode == "reconcile" else f"    idempotency: {mode}" if mode else ""
     return PIPELINE.replace("IDEMPOTENCY", block)
 
 
@@ -372,3 +372,32 @@ def test_mark_names_the_recorded_steps_when_the_step_is_unknown(tmp_path, capsys
     assert code == 1
     err = capsys.readouterr().err
     assert "'post'" in err and "post_invoice" in err and "annotation 7" in err
+
+
+async def test_a_block_that_does_not_honour_the_key_makes_its_steps_default_to_none(rig):
+    ids = rig.sandbox.seed(queue=1, count=1, status="confirmed")
+    number = (await invoice_numbers(rig, ids))[ids[0]]
+    rig.erp.configure(
+        {
+            "ignore_idempotency_key": True,
+            "script": [{"status": 503, "books": True, "times": 1, "path": "/api/invoices"}],
+        }
+    )
+    use_target(rig, honours_idempotency_key=False)
+    reports = await rig.run(pipeline(None), ids)
+    assert reports[0].outcome == "failed_uncertain"
+    assert "idempotency: none" in reports[0].message
+    assert booked_numbers(rig)[number] == 1
+
+
+def test_reconcile_without_a_lookup_is_refused_at_load_time_naming_the_step():
+    import pytest
+
+    from rossflow.export.loading import load_pipeline
+
+    with pytest.raises(Exception) as caught:
+        load_pipeline(pipeline("reconcile").replace(RECONCILE.splitlines()[1], ""))
+    assert "post_invoice" in str(caught.value) and "lookup" in str(caught.value)
+    with pytest.raises(Exception) as caught:
+        load_pipeline(pipeline("reconcile").replace('"results[0]"', '"results[0"'))
+    assert "lookup.found" in str(caught.value)
