@@ -210,7 +210,8 @@ class RestSender:
             doc.dry_stopped = True
             return True
         mode = self.idempotency(step)
-        prior = self.ledger.get(key)
+        # what an earlier run left (header mode resends whatever it was: no need to read it)
+        prior = self.ledger.get(key) if mode != "header" else None
         try:
             done = self.ledger.claim(
                 key,
@@ -231,7 +232,7 @@ class RestSender:
             unknown = _outcome_unknown(prior)
             if unknown and mode == "reconcile":
                 found = await self._reconcile(step, doc, endpoint, key, auth, secrets, (unknown,))
-            elif unknown and mode == "none":
+            elif unknown and mode == "none" and endpoint.method == "POST":
                 self._refuse_resend(step, doc, endpoint, key, (unknown,))
             if found is not None:
                 record, state = found, "reconciled"
