@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rossflow.ledger import Effect, Ledger
+from rossflow.state.database import configured_url
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +49,15 @@ def _describe(effect: Effect) -> str:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    ledger = Ledger(Path(args.state_dir) / "ledger.db")
+    path = Path(args.state_dir) / "ledger.db"
+    if not configured_url() and not path.exists():
+        print(
+            f"rossflow ledger: no ledger at {path} (give --state-dir: the flow's state_dir, "
+            "or set ROSSFLOW_STATE_URL)",
+            file=sys.stderr,
+        )
+        return 2
+    ledger = Ledger(path)
     effects = ledger.for_subject("delivery", str(args.annotation))
     if args.action == "show":
         for effect in effects:

@@ -255,11 +255,12 @@ class RestSender:
         doc.ctx, outcome = apply_response(
             step, doc.ctx, record, secrets=self.redactor, target=endpoint.display_name
         )
+        # a reconciled record exists at the target even if its reply is judged an error:
+        # a rerun must look it up again, never resend it blind
         uncertain = (
             outcome.status == "error"
             and endpoint.method == "POST"
-            and maybe_processed
-            and bool(history)
+            and ((maybe_processed and bool(history)) or state == "reconciled")
         )
         if state != "already_delivered":
             result: dict[str, Any] = {

@@ -401,3 +401,11 @@ def test_reconcile_without_a_lookup_is_refused_at_load_time_naming_the_step():
     with pytest.raises(Exception) as caught:
         load_pipeline(pipeline("reconcile").replace('"results[0]"', '"results[0"'))
     assert "lookup.found" in str(caught.value)
+
+
+def test_ledger_command_refuses_a_state_dir_without_a_ledger(tmp_path, capsys):
+    from rossflow.ledger_cli import run as ledger_cli
+
+    missing = tmp_path / "typo"
+    assert ledger_cli(["--state-dir", str(missing), "show", "--annotation", "1"]) == 2
+    assert "no ledger at" in capsys.readouterr().err and not missing.exists()
