@@ -50,6 +50,13 @@ class RestTarget(Block):
     connect_timeout_s: float = 10.0
     read_timeout_s: float = Field(default=120.0, description="ERPs are slow: be generous.")
     max_attempts: int = Field(default=5, description="Retries on 408/429/5xx and network errors.")
+    honours_idempotency_key: bool = Field(
+        default=True,
+        description="The ERP answers a repeat with the same Idempotency-Key with the first "
+        "result (no second document). If not, steps default to 'idempotency: none' (a call "
+        "with an unknown outcome is never resent); give them 'idempotency: reconcile' and a "
+        "lookup to resolve it automatically.",
+    )
 
     def endpoint(self, url: str | None = None, method: str = "POST") -> RestEndpoint:
         auth: NoAuth | BasicAuth | BearerAuth | ApiKeyAuth | OAuth2ClientCredentials

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "run",
         "register the annotation_content.export hook in Rossum for a queue (export-event mode)",
     ),
+    "ledger": ("rossflow.ledger_cli", "run", "show deliveries; mark one delivered/not-delivered"),
     "sandbox": ("sandbox.cli", "run", "run the local Rossum-compatible API server"),
     "erp": ("rossflow.localstack.erp", "run", "run the local ERP stand-in (HTTP)"),
     "sftp": ("rossflow.localstack.sftp_server", "run", "run a local SFTP server"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import ssl
@@ -288,6 +289,10 @@ class DeliveryError(Exception):
         super().__init__(message)
 
 
+#: Awaited before a resend of an attempt the target may have processed (see :func:`deliver`).
+BeforeResend = Callable[[tuple[str, ...]], Awaitable[DeliveryResult | None]]
+
+
 class _RetryableTokenError(Exception):
     """Token endpoint answered 429/5xx: retried like a transport error."""
 
@@ -488,6 +493,8 @@ async def deliver(
     token_cache: OAuth2TokenCache | None = None,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     redactor: Redactor | None = None,
+    before_resend: BeforeResend | None = None,
+    resend_uncertain: bool = True,
 ) -> DeliveryResult:
     """Send ``body`` to ``endpoint`` (or ``url``, e.g. with a document id filled in).
 
@@ -495,6 +502,12 @@ async def deliver(
     one token refresh and an immediate repeat that does not use up a retry. Returns the last
     answer whatever its status; raises :class:`DeliveryError` when no answer could be obtained.
     ``redactor`` learns every credential sent (OAuth2 tokens are only known at run time).
+
+    For a target that ignores the ``Idempotency-Key``: after an attempt the target may have
+    processed (timeout, dropped connection, 5xx), ``before_resend`` is awaited before the
+    repeat; a result it returns (the record found by a lookup) ends the delivery as if the
+    attempt had answered it. ``resend_uncertain=False`` never repeats such an attempt: its
+    answer is returned, or its error raised, with ``maybe_processed`` set.
     """
     target_url = url or endpoint.url
     shown_url = safe_url(target_url)
@@ -531,7 +544,10 @@ async def deliver(
             sent_it = not isinstance(exc, _RetryableTokenError) and may_have_arrived(exc)
             maybe_processed = maybe_processed or sent_it
             # the Idempotency-Key makes any method safe to repeat
-            if not policy.retry_error(exc, attempt=policy_attempt, idempotent=True):
+            retry = policy.retry_error(exc, attempt=policy_attempt, idempotent=True)
+            if not retry or (sent_it and not resend_uncertain):
+                if retry:
+                    history.append("not resent: the outcome of the attempt is unknown")
                 raise DeliveryError(
                     f"{endpoint.method} {shown_url} failed after {sent} attempt(s): "
                     f"{_describe(exc, endpoint)}",
@@ -543,6 +559,10 @@ async def deliver(
                     maybe_processed=maybe_processed,
                 ) from exc
             await sleep(policy.backoff(policy_attempt))
+            if sent_it and before_resend is not None:
+                found = await before_resend(tuple(history))
+                if found is not None:
+                    return _adopted(found, history, sent, maybe_processed)
             continue
         except DeliveryError as exc:
             history.append(str(exc))
@@ -563,12 +583,19 @@ async def deliver(
             cache.invalidate(endpoint.auth, used_token)
             policy_attempt -= 1
             continue
-        if policy.retry_status(status, attempt=policy_attempt, idempotent=True):
+        uncertain = status >= 500
+        if policy.retry_status(status, attempt=policy_attempt, idempotent=True) and not (
+            uncertain and not resend_uncertain
+        ):
             delay = parse_retry_after(response.headers.get("Retry-After"))
             if delay is None:
                 delay = policy.backoff(policy_attempt)
             if delay <= policy.max_retry_after_s:
                 await sleep(delay)
+                if uncertain and before_resend is not None:
+                    found = await before_resend(tuple(history))
+                    if found is not None:
+                        return _adopted(found, history, sent, maybe_processed)
                 continue
         return DeliveryResult(
             status_code=status,
@@ -580,6 +607,71 @@ async def deliver(
             idempotency_key=idempotency_key,
             history=tuple(history),
             maybe_processed=maybe_processed,
+        )
+
+
+def _adopted(
+    found: DeliveryResult, history: list[str], sent: int, maybe_processed: bool
+) -> DeliveryResult:
+    """The reply a lookup found, standing in for the attempt that may have created it."""
+    return dataclasses.replace(
+        found,
+        attempts=sent,
+        history=(*history, *found.history),
+        maybe_processed=maybe_processed,
+    )
+
+
+async def fetch(
+    client: httpx.AsyncClient,
+    endpoint: RestEndpoint,
+    *,
+    url: str,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    token_cache: OAuth2TokenCache | None = None,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    redactor: Redactor | None = None,
+) -> DeliveryResult:
+    """A read-only request to ``endpoint``'s host with its auth and TLS (a reconcile lookup):
+    retried on transport errors and the policy's statuses, since it changes nothing."""
+    policy = endpoint.retry
+    cache = token_cache or TOKEN_CACHE
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            auth_headers, _ = await _auth_headers(client, endpoint.auth, cache)
+            if redactor is not None:
+                for value in auth_headers.values():
+                    redactor.add_auth_header(value)
+            request_headers = httpx.Headers(endpoint.headers)
+            for extra in (headers or {}, auth_headers):
+                request_headers.update(extra)
+            response = await client.request(method, url, headers=request_headers)
+        except (httpx.TransportError, _RetryableTokenError) as exc:
+            if not policy.retry_error(exc, attempt=attempt, idempotent=True):
+                raise DeliveryError(
+                    f"{method} {safe_url(url)} failed after {attempt} attempt(s): "
+                    f"{_describe(exc, endpoint)}",
+                    url=url,
+                    method=method,
+                    attempts=attempt,
+                    cause=exc,
+                ) from exc
+            await sleep(policy.backoff(attempt))
+            continue
+        if policy.retry_status(response.status_code, attempt=attempt, idempotent=True):
+            await sleep(policy.backoff(attempt))
+            continue
+        return DeliveryResult(
+            status_code=response.status_code,
+            headers=list(response.headers.multi_items()),
+            body=response.content,
+            elapsed_s=time.monotonic() - started,
+            attempts=attempt,
+            url=safe_url(url),
         )
 
 

@@ -328,6 +328,35 @@ class RestRequest(_Model):
         return "raw"
 
 
+class LookupRequest(_Model):
+    """How ``idempotency: reconcile`` asks the target whether a call it may have processed
+    created the record: a templated request (same placeholders as ``request``; a relative URL
+    joins the target block's base URL) and a JMESPath over its JSON reply that yields the
+    existing record, or nothing (null, empty) when there is none."""
+
+    url: str
+    method: Literal["GET", "POST"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, str] = Field(default_factory=dict)
+    found: str = Field(
+        default="results[0]",
+        description="JMESPath over the lookup's JSON reply selecting the existing record; "
+        "it becomes the step's reply, so later steps read it like the original answer.",
+    )
+
+    @field_validator("found")
+    @classmethod
+    def _jmespath(cls, value: str) -> str:
+        try:
+            jmespath.compile(value)
+        except jmespath.exceptions.JMESPathError as exc:
+            raise ValueError(f"lookup.found {value!r} is not a valid JMESPath: {exc}") from exc
+        return value
+
+
+Idempotency = Literal["header", "reconcile", "none"]
+
+
 class RestStep(StepBase):
     """REST API export (Rossum v1 ``request`` hook) with explicit success semantics.
 
@@ -353,6 +382,23 @@ class RestStep(StepBase):
     timeout_s: float | None = Field(default=None, gt=0)
     retries: int | None = Field(default=None, ge=0, le=10)
     target: str | None = None
+    idempotency: Idempotency | None = Field(
+        default=None,
+        description="How a call whose outcome is unknown (timeout, 5xx, dropped connection, "
+        "crash in flight) is resolved: 'header' resends with the same Idempotency-Key, "
+        "'reconcile' runs 'lookup' first and adopts a record it finds, 'none' never resends "
+        "and fails the document with 'outcome unknown'. Default: the target's setting.",
+    )
+    lookup: LookupRequest | None = None
+
+    @model_validator(mode="after")
+    def _reconcile_needs_lookup(self) -> RestStep:
+        if self.idempotency == "reconcile" and self.lookup is None:
+            raise ValueError(
+                f"step {self.name!r}: idempotency: reconcile needs a 'lookup' request, e.g. "
+                "lookup: {url: '/api/invoices?external_ref=@{document_id}', found: 'results[0]'}"
+            )
+        return self
 
     @field_validator("success_codes")
     @classmethod
@@ -708,6 +754,8 @@ class Defaults(_Model):
     #: Export-event mode: Rossum's "retry export" (PATCH exporting) sends every step again
     #: instead of reusing the deliveries that succeeded.
     resend_on_retry: bool = False
+    #: Default of the steps' ``idempotency`` (None: the target block's, else ``header``).
+    idempotency: Idempotency | None = None
 
 
 # ------------------------------------------------------------------------------ pipeline

@@ -2,13 +2,16 @@
 
 Exactly once: each call gets a key derived from (annotation, step, URL, payload). The ledger
 records intent before and the reply after; a rerun reuses a recorded reply instead of sending
-again, and a call in flight when a previous run died is repeated with the same
-``Idempotency-Key``.
+again. A call whose outcome is unknown (timeout, 5xx, dropped connection, or in flight when a
+previous run died) is resolved by the step's ``idempotency``: ``header`` repeats it with the
+same ``Idempotency-Key``; ``reconcile`` first asks the target (``lookup``) and adopts a record
+it finds; ``none`` never repeats it and fails the document with "outcome unknown".
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -17,6 +20,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
+import jmespath
 
 from rossflow.delivery import rest as rest_delivery
 from rossflow.delivery.rest import (
@@ -32,9 +36,9 @@ from rossflow.ledger import EffectBusy, Ledger
 from rossflow.redaction import Redactor
 
 from .batch import DocState
-from .config import AuthConfig, PipelineConfig, RestStep, SoapStep
+from .config import AuthConfig, Idempotency, PipelineConfig, RestRequest, RestStep, SoapStep
 from .context import ExportContext
-from .errors import DeliveryError
+from .errors import DeliveryError, StepError
 from .extract import build_response_record
 from .soap import soap_fault
 from .steps import (
@@ -213,6 +217,9 @@ class RestSender:
             )
             doc.dry_stopped = True
             return True
+        mode = self.idempotency(step)
+        # what an earlier run left (header mode resends whatever it was: no need to read it)
+        prior = self.ledger.get(key) if mode != "header" else None
         try:
             done = self.ledger.claim(
                 key,
@@ -223,16 +230,26 @@ class RestSender:
             )
         except EffectBusy as exc:
             return doc.leave_to_holder(exc)
+        history: tuple[str, ...] = ()
+        maybe_processed = False
+        found: dict[str, Any] | None = None
         if done is not None and "record" in done.result:
             record = _record_from_ledger(done.result["record"])
             state = "already_delivered"
-            history: tuple[str, ...] = ()
-            maybe_processed = False
         else:
-            record, history, maybe_processed = await self._send(
-                step, doc, endpoint, req, key, auth, secrets
-            )
-            state = "delivered"
+            unknown = _outcome_unknown(prior)
+            if unknown and mode == "reconcile":
+                found = await self._reconcile(step, doc, endpoint, key, auth, secrets, (unknown,))
+            elif unknown and mode == "none" and endpoint.method == "POST":
+                self._refuse_resend(step, doc, endpoint, key, (unknown,))
+            if found is not None:
+                record, state = found, "reconciled"
+                history = (unknown or "", "lookup found the record")
+            else:
+                record, history, maybe_processed, adopted = await self._send(
+                    step, doc, endpoint, req, key, auth, secrets, mode
+                )
+                state = "reconciled" if adopted else "delivered"
         doc.last_http_status = int(record["status_code"])
         meta = {k: record.get(k) for k in ("status_code", "raw", "url", "elapsed_s")}
         await self.store(
@@ -246,15 +263,28 @@ class RestSender:
         doc.ctx, outcome = apply_response(
             step, doc.ctx, record, secrets=self.redactor, target=endpoint.display_name
         )
-        if state == "delivered":
-            self.ledger.finish(
-                key,
-                ok=outcome.status != "error",
-                result={
-                    "record": _small_record(record, self.redactor),
-                    "http_status": outcome.http_status,
-                },
-            )
+        # a reconciled record exists at the target even if its reply is judged an error:
+        # a rerun must look it up again, never resend it blind
+        # A SOAP Fault is the server's processed, definite refusal: not an unknown outcome.
+        definite = isinstance(step, SoapStep) and soap_fault(record.get("text")) is not None
+        uncertain = (
+            outcome.status == "error"
+            and endpoint.method == "POST"
+            and not definite
+            and ((maybe_processed and bool(history)) or state == "reconciled")
+        )
+        if state != "already_delivered":
+            result: dict[str, Any] = {
+                "record": _small_record(record, self.redactor),
+                "http_status": outcome.http_status,
+            }
+            if outcome.status == "error":
+                # a rerun tries a failed step again; "uncertain" tells it to reconcile first
+                result["uncertain"] = uncertain
+                result["attempts"] = [self.redactor(a) for a in history]
+            elif state == "reconciled":
+                result["reconciled"] = True
+            self.ledger.finish(key, ok=outcome.status != "error", result=result)
         doc.deliveries.append(
             {
                 "step": step.name,
@@ -268,14 +298,26 @@ class RestSender:
         if outcome.status == "error" and outcome.error is not None and history:
             # A POST whose failed attempts may have been processed may have created the
             # document: say so, or an operator's retry may book it twice.
-            # A SOAP Fault is the server's processed, definite refusal: not an unknown outcome.
-            definite = isinstance(step, SoapStep) and soap_fault(record.get("text")) is not None
-            if endpoint.method == "POST" and maybe_processed and not definite:
+            if uncertain:
+                _add_unknown_hint(outcome.error, step, doc, mode)
                 outcome.error.mark_delivery(uncertain=True, attempts=history)
             elif int(record["status_code"]) >= 400:
                 outcome.error.mark_delivery(uncertain=False, attempts=history)
         outcome.raise_for_status()
         return True
+
+    def idempotency(self, step: RestStep) -> Idempotency:
+        """The step's ``idempotency``, else the pipeline default, else the target block's
+        (``honours_idempotency_key``), else ``header``."""
+        if step.idempotency is not None:
+            return step.idempotency
+        if self.pipeline.defaults.idempotency is not None:
+            return self.pipeline.defaults.idempotency
+        if step.target:
+            target = self.targets.get("rest", step.target)
+            if getattr(target, "honours_idempotency_key", True) is False:
+                return "none"
+        return "header"
 
     async def _send(
         self,
@@ -286,19 +328,42 @@ class RestSender:
         key: str,
         auth: AuthConfig | None,
         secrets: dict[str, Any],
-    ) -> tuple[dict[str, Any], tuple[str, ...], bool]:
-        """The reply record, what each attempt ended in, and whether a failed attempt may have
-        been processed by the target."""
+        mode: Idempotency = "header",
+    ) -> tuple[dict[str, Any], tuple[str, ...], bool, bool]:
+        """The reply record, what each attempt ended in, whether a failed attempt may have
+        been processed by the target, and whether the record was adopted from a lookup."""
         client = await self._http_client(endpoint)
         history: tuple[str, ...] = ()
         maybe_processed = False
         headers = {k: v for k, v in req.headers.items() if k.lower() != "content-type"}
         body = _body_for(req)
+        adopted: list[dict[str, Any]] = []
+
+        async def before_resend(attempts: tuple[str, ...]) -> rest_delivery.DeliveryResult | None:
+            found = await self._reconcile(
+                step, doc, endpoint, key, auth, secrets, history + attempts
+            )
+            if found is None:
+                return None
+            adopted.append(found)
+            return _result_from_record(found)
+
+        guard: dict[str, Any] = {}
+        if mode == "reconcile":
+            guard["before_resend"] = before_resend
+        elif mode == "none" and endpoint.method == "POST":
+            guard["resend_uncertain"] = False
         try:
             result = await rest_delivery.deliver(
-                client, endpoint, body, idempotency_key=key, headers=headers, redactor=self.redactor
+                client,
+                endpoint,
+                body,
+                idempotency_key=key,
+                headers=headers,
+                redactor=self.redactor,
+                **guard,
             )
-            if result.status_code == 401 and auth is not None:
+            if result.status_code == 401 and auth is not None and not adopted:
                 # Rossum's REST export re-authenticates on any 401 and tries once more.
                 history, maybe_processed = result.history, result.maybe_processed
                 await self._auth_token(auth, step, secrets, refresh=True, ctx=doc.ctx)
@@ -311,14 +376,20 @@ class RestSender:
                     idempotency_key=key,
                     headers=headers,
                     redactor=self.redactor,
+                    **guard,
                 )
         except rest_delivery.DeliveryError as exc:
             history += exc.history
             maybe_processed = maybe_processed or exc.maybe_processed
+            uncertain = endpoint.method == "POST" and maybe_processed
             self.ledger.finish(
                 key,
                 ok=False,
-                result={"error": self.redactor(str(exc)), "attempts": list(history)},
+                result={
+                    "error": self.redactor(str(exc)),
+                    "attempts": list(history),
+                    "uncertain": uncertain,
+                },
             )
             error = DeliveryError(
                 f"could not deliver after {exc.attempts} attempt(s): {exc}",
@@ -327,11 +398,15 @@ class RestSender:
                 secrets=self.redactor,
                 retryable=True,
             )
+            if uncertain:
+                _add_unknown_hint(error, step, doc, mode)
             error.mark_delivery(
-                uncertain=endpoint.method == "POST" and maybe_processed,
+                uncertain=uncertain,
                 attempts=[self.redactor(a) for a in history],
             )
             raise error from exc
+        if adopted:
+            return adopted[0], history + result.history, maybe_processed, True
         record = build_response_record(
             result.status_code,
             result.headers,
@@ -339,7 +414,143 @@ class RestSender:
             url=result.url,
             elapsed_s=result.elapsed_s,
         )
-        return record, history + result.history, maybe_processed or result.maybe_processed
+        return record, history + result.history, maybe_processed or result.maybe_processed, False
+
+    async def _reconcile(
+        self,
+        step: RestStep,
+        doc: DocState,
+        endpoint: RestEndpoint,
+        key: str,
+        auth: AuthConfig | None,
+        secrets: dict[str, Any],
+        attempts: tuple[str, ...],
+    ) -> dict[str, Any] | None:
+        """Ask the target whether an attempt it may have processed created the record: the
+        record found (as the step's reply record), or None (not there: send it). A lookup that
+        fails fails the step with "outcome unknown": resending blind could book it twice."""
+        lookup = step.lookup
+        assert lookup is not None  # validated with idempotency: reconcile
+        probe = RestStep(
+            name=step.name,
+            target=step.target,
+            auth=step.auth,
+            request=RestRequest(
+                url=lookup.url,
+                method=lookup.method,
+                headers={
+                    **{
+                        k: v for k, v in step.request.headers.items() if k.lower() != "content-type"
+                    },
+                    **lookup.headers,
+                },
+                params=lookup.params,
+                body="none",
+            ),
+        )
+        preq = prepare_request(probe, doc.ctx, secrets=secrets, auth=auth)
+        # resolved as a POST only to reuse the target's URL, auth and TLS; sent as lookup.method
+        where = self._endpoint(probe, dataclasses.replace(preq, method="POST"))
+        client = await self._http_client(endpoint)
+        headers = {k: v for k, v in preq.headers.items() if k.lower() != "content-type"}
+        problem: str | None = None
+        try:
+            reply = await rest_delivery.fetch(
+                client,
+                where,
+                url=where.url,
+                method=lookup.method,
+                headers=headers,
+                redactor=self.redactor,
+            )
+        except rest_delivery.DeliveryError as exc:
+            problem = f"the reconcile lookup failed: {exc}"
+        else:
+            if not reply.ok:
+                shown = where.display_name
+                problem = f"the reconcile lookup {shown} answered HTTP {reply.status_code}"
+            else:
+                try:
+                    value = jmespath.search(lookup.found, reply.json())
+                except ValueError:
+                    problem = f"the reconcile lookup {where.display_name} did not answer JSON"
+                else:
+                    if value in (None, "", [], {}):
+                        return None
+                    return build_response_record(
+                        reply.status_code,
+                        [("content-type", "application/json")],
+                        json.dumps(value).encode(),
+                        url=reply.url,
+                        elapsed_s=reply.elapsed_s,
+                    )
+        self.ledger.finish(
+            key,
+            ok=False,
+            result={"error": self.redactor(problem), "attempts": list(attempts), "uncertain": True},
+        )
+        error = DeliveryError(
+            problem, step=step.name, target=endpoint.display_name, secrets=self.redactor
+        )
+        _add_unknown_hint(error, step, doc, "reconcile")
+        error.mark_delivery(uncertain=True, attempts=[self.redactor(a) for a in attempts])
+        raise error
+
+    def _refuse_resend(
+        self,
+        step: RestStep,
+        doc: DocState,
+        endpoint: RestEndpoint,
+        key: str,
+        attempts: tuple[str, ...],
+    ) -> None:
+        """``idempotency: none`` and an earlier call's outcome is unknown: never resend."""
+        self.ledger.finish(key, ok=False, result={"attempts": list(attempts), "uncertain": True})
+        error = DeliveryError(
+            "not resent automatically",
+            step=step.name,
+            target=endpoint.display_name,
+            secrets=self.redactor,
+        )
+        _add_unknown_hint(error, step, doc, "none")
+        error.mark_delivery(uncertain=True, attempts=attempts)
+        raise error
+
+
+def _outcome_unknown(prior: Any) -> str | None:
+    """Why an earlier call of this effect may have been processed, or None if it was not."""
+    if prior is None:
+        return None
+    if prior.state == "started":
+        return "an earlier run stopped while the call was in flight"
+    if prior.state == "failed" and prior.result.get("uncertain"):
+        return "an earlier attempt may have been processed"
+    return None
+
+
+def _add_unknown_hint(error: StepError, step: RestStep, doc: DocState, mode: str) -> None:
+    """What to check in the ERP and how to tell rossflow the answer."""
+    if "rossflow ledger mark" in error.reason:
+        return
+    what = f"annotation {doc.annotation_id}"
+    where = f" (lookup: {step.lookup.url})" if step.lookup is not None else ""
+    error.reason = (
+        f"{error.reason}; idempotency: {mode}. Check in the ERP whether {what} was booked"
+        f"{where}, then run `rossflow ledger mark --annotation {doc.annotation_id} --step "
+        f"{step.name} delivered` (or `not-delivered`) and replay the annotation"
+    )
+
+
+def _result_from_record(record: Mapping[str, Any]) -> rest_delivery.DeliveryResult:
+    """A record a lookup found, as the delivery result ``deliver`` returns instead."""
+    return rest_delivery.DeliveryResult(
+        status_code=int(record["status_code"]),
+        headers=[tuple(h) for h in record.get("raw") or []],  # type: ignore[misc]
+        body=str(record.get("text") or "").encode(),
+        elapsed_s=float(record.get("elapsed_s") or 0.0),
+        attempts=1,
+        url=str(record.get("url") or ""),
+    )
 
 
 def _sha(data: bytes) -> str:

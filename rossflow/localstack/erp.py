@@ -34,11 +34,19 @@ Config format (every key optional)::
                        "token_key": "tk", "token_secret": "ts"},   # signature checked (oauthlib)
       "oauth": {"client_id": "rossflow", "client_secret": "secret", "expires_in": 3600,
                 "jwt_public_key": "PEM"},  # also accept JWT client assertions signed by it
-      "echo_errors": false                      # error answers (4xx/5xx) echo the request's
-    }                                           # headers and body, like debug-mode gateways
+      "echo_errors": false,                     # error answers (4xx/5xx) echo the request's
+                                                # headers and body, like debug-mode gateways
+      "ignore_idempotency_key": false,          # book every request, like most real ERPs
+      "chaos": {"rate": 0.2, "after_booking": 0.5, "status": 503, "seed": 1}
+    }       # fail a share of the POSTs (after booking for a share of those) with ``status``
 
     RESPONSE = {"status": 201, "body": {...} | [...] | "text or XML", "content_type": "...",
-                "headers": {"Retry-After": "1"}, "latency_s": 0.5}
+                "headers": {"Retry-After": "1"}, "latency_s": 0.5,
+                "books": true}    # a failure answer given after the document was booked
+
+Lookup (for ``idempotency: reconcile``): a ``GET /api/<path>?field=value`` that no route or
+script answers returns ``{"results": [{"id": ..., <JSON body fields>}]}``: the documents booked
+by JSON requests to that path whose body has every queried field equal to the given value.
 
 Strings in bodies and headers are templated: ``{{id}}`` (a new ERP document id like
 ``ERP-000123``), ``{{path}}``, ``{{method}}``, ``{{idempotency_key}}``, ``{{request_no}}``.
@@ -60,11 +68,13 @@ import copy
 import fnmatch
 import hashlib
 import json
+import random
 import secrets
 import threading
 import time
 from collections import Counter
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -88,6 +98,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "require_auth": {"type": "none"},
     "oauth": {"client_id": "rossflow", "client_secret": "secret", "expires_in": 3600},
     "echo_errors": False,
+    "ignore_idempotency_key": False,
+    "chaos": None,
 }
 
 # Answers a client may legitimately retry; they are not pinned to an idempotency key.
@@ -125,6 +137,9 @@ class ErpState:
         self.received: list[dict[str, Any]] = []
         self.stats: dict[str, Any] = {}
         self._idempotent: dict[str, tuple[int, dict[str, str], bytes, str]] = {}
+        # documents booked: id, path and JSON body (what a lookup searches)
+        self.booked: list[dict[str, Any]] = []
+        self._chaos = random.Random(0)
         self._tokens: dict[str, float] = {}
         self.reset()
         if config:
@@ -141,6 +156,7 @@ class ErpState:
                 new["oauth"] = {**DEFAULT_CONFIG["oauth"], **config["oauth"]}
             self.config = new
             self._script_left = [int(e.get("times", 1)) for e in new["script"]]
+            self._chaos = random.Random((new.get("chaos") or {}).get("seed", 0))
             return copy.deepcopy(new)
 
     def reset(self) -> None:
@@ -148,6 +164,7 @@ class ErpState:
         with self._lock:
             self.received = []
             self._idempotent = {}
+            self.booked = []
             self._request_counter = 0
             self.stats = {
                 "requests": 0,
@@ -165,6 +182,10 @@ class ErpState:
     def snapshot_received(self) -> list[dict[str, Any]]:
         with self._lock:
             return copy.deepcopy(self.received)
+
+    def snapshot_booked(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self.booked)
 
     def snapshot_stats(self) -> dict[str, Any]:
         with self._lock:
@@ -255,6 +276,27 @@ class ErpState:
             return secrets.compare_digest(value.encode(), str(auth.get("value", "")).encode())
         return False
 
+    def _lookup(self, path: str, method: str, url: str) -> dict[str, Any] | None:
+        """A ``GET`` with a query that no route or script answers: search the booked documents."""
+        query = dict(parse_qsl(urlsplit(url).query))
+        if method != "GET" or not query or any(self._script_left):
+            return None
+        for pattern in self.config["routes"]:
+            method_part, _, path_part = pattern.partition(" ")
+            candidate = path_part if path_part else pattern
+            if (not path_part or method_part.upper() == method) and fnmatch.fnmatchcase(
+                path, candidate
+            ):
+                return None
+        results = [
+            {"id": doc["id"], **doc["json"]}
+            for doc in self.booked
+            if doc["path"] == path
+            and isinstance(doc["json"], dict)
+            and all(str(doc["json"].get(k)) == v for k, v in query.items())
+        ]
+        return {"status": 200, "body": {"count": len(results), "results": results}, "lookup": True}
+
     def _pick_response(self, path: str, method: str, body: bytes) -> dict[str, Any]:
         cfg = self.config
         for i, entry in enumerate(cfg["script"]):
@@ -264,6 +306,11 @@ class ErpState:
                 continue
             self._script_left[i] -= 1
             return entry
+        chaos = cfg.get("chaos")
+        if chaos and method == "POST" and self._chaos.random() < float(chaos.get("rate", 0)):
+            books = self._chaos.random() < float(chaos.get("after_booking", 0))
+            status = int(chaos.get("status", 503))
+            return {"status": status, "body": {"error": "chaos"}, "books": books}
         for needle, response in cfg["fail_when_body_contains"].items():
             if needle.encode() in body:
                 return response
@@ -332,12 +379,12 @@ class ErpState:
                     json.dumps({"error": invalid}).encode(),
                     "application/json",
                 )
-            elif key and key in self._idempotent:
+            elif key and key in self._idempotent and not self.config.get("ignore_idempotency_key"):
                 status, out_headers, out_body, ctype = self._idempotent[key]
                 duplicate = True
                 self.stats["duplicates"] += 1
             else:
-                spec = self._pick_response(path, method, body)
+                spec = self._lookup(path, method, url) or self._pick_response(path, method, body)
                 if spec.get("latency_s") is not None:
                     latency = float(spec["latency_s"])
                 status = int(spec.get("status", 200))
@@ -349,7 +396,8 @@ class ErpState:
                 }
                 raw_body = spec.get("body", "")
                 template = json.dumps([raw_body, spec.get("headers", {})])
-                if "{{id}}" in template or 200 <= status < 300:
+                books = (200 <= status < 300 or bool(spec.get("books"))) and not spec.get("lookup")
+                if "{{id}}" in template or books:
                     self._doc_counter += 1
                     document_id = f"ERP-{self._doc_counter:06d}"
                     variables["id"] = document_id
@@ -365,8 +413,11 @@ class ErpState:
                 out_headers = {
                     str(k): str(v) for k, v in _render(spec.get("headers", {}), variables).items()
                 }
-                if document_id and 200 <= status < 300:
+                if document_id and books:
                     self.stats["documents"] += 1
+                    self.booked.append(
+                        {"id": document_id, "path": path, "json": summary.get("json")}
+                    )
                 final = status < 500 and status not in _TRANSIENT_STATUSES
                 if key and final:
                     self._idempotent[key] = (status, out_headers, out_body, ctype)
@@ -620,6 +671,10 @@ class ErpServer:
 
     def stats(self) -> dict[str, Any]:
         return self.state.snapshot_stats()
+
+    def booked(self) -> list[dict[str, Any]]:
+        """Documents booked (id, path, JSON body), including those booked before a failure."""
+        return self.state.snapshot_booked()
 
     def reset(self) -> None:
         self.state.reset()

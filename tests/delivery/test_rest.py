@@ -375,3 +375,93 @@ async def test_latency_is_applied(erp_server: ErpServer) -> None:
     erp_server.configure({"latency_s": 0.2})
     result = await deliver_once(endpoint(erp_server), JsonBody({}), idempotency_key=key())
     assert result.elapsed_s >= 0.2
+
+
+# -- an ERP that ignores the Idempotency-Key: hooks of the retry loop ---------------------------
+
+
+async def test_before_resend_runs_after_a_5xx_and_a_found_record_ends_the_delivery(
+    erp_server: ErpServer,
+) -> None:
+    from rossflow.delivery.rest import fetch
+
+    erp_server.configure(
+        {
+            "ignore_idempotency_key": True,
+            "script": [{"status": 503, "books": True, "times": 1, "path": "/api/invoices"}],
+        }
+    )
+    target = endpoint(erp_server)
+    seen: list[tuple[str, ...]] = []
+    async with open_rest_client(target) as client:
+
+        async def lookup(history: tuple[str, ...]):
+            seen.append(history)
+            reply = await fetch(client, target, url=f"{target.url}?ref=A-1")
+            found = reply.json()["results"]
+            return reply if found else None
+
+        result = await deliver(
+            client, target, JsonBody({"ref": "A-1"}), idempotency_key=key(), before_resend=lookup
+        )
+    assert seen == [("HTTP 503",)]
+    assert result.json()["results"][0]["ref"] == "A-1"
+    assert result.history == ("HTTP 503",) and result.maybe_processed
+    assert [r["method"] for r in erp_server.received()] == ["POST", "GET"]  # no resend
+    assert erp_server.stats()["documents"] == 1
+
+
+async def test_before_resend_finding_nothing_resends(erp_server: ErpServer) -> None:
+    erp_server.configure(
+        {"script": [{"status": 503, "times": 1, "path": "/api/invoices"}]}  # booked nothing
+    )
+    calls: list[tuple[str, ...]] = []
+
+    async def lookup(history: tuple[str, ...]):
+        calls.append(history)
+        return None
+
+    target = endpoint(erp_server)
+    async with open_rest_client(target) as client:
+        result = await deliver(
+            client, target, JsonBody({"ref": "B"}), idempotency_key=key(), before_resend=lookup
+        )
+    assert result.status_code == 201 and len(calls) == 1
+    assert erp_server.stats()["documents"] == 1
+
+
+async def test_resend_uncertain_false_stops_after_a_5xx_and_after_a_timeout(
+    erp_server: ErpServer,
+) -> None:
+    erp_server.configure({"ignore_idempotency_key": True, "default": {"status": 502}})
+    target = endpoint(erp_server)
+    async with open_rest_client(target) as client:
+        result = await deliver(
+            client, target, JsonBody({}), idempotency_key=key(), resend_uncertain=False
+        )
+    assert result.status_code == 502 and result.attempts == 1 and result.maybe_processed
+
+    erp_server.configure({"default": {"status": 201, "latency_s": 1.0}})
+    slow = endpoint(erp_server, timeouts=Timeouts(read=0.2, write=0.2))
+    async with open_rest_client(slow) as client:
+        with pytest.raises(DeliveryError) as caught:
+            await deliver(client, slow, JsonBody({}), idempotency_key=key(), resend_uncertain=False)
+    assert caught.value.attempts == 1 and caught.value.maybe_processed
+    assert "not resent" in caught.value.history[-1]
+
+
+def test_erp_stand_in_ignoring_the_key_books_twice_and_lookup_finds_by_field(
+    erp_server: ErpServer,
+) -> None:
+    import httpx
+
+    erp_server.configure({"ignore_idempotency_key": True})
+    with httpx.Client(base_url=erp_server.url) as http:
+        for _ in range(2):
+            http.post("/api/invoices", json={"ref": "X"}, headers={"Idempotency-Key": "same"})
+        http.post("/api/invoices", json={"ref": "Y"})
+        found = http.get("/api/invoices", params={"ref": "X"}).json()
+        none = http.get("/api/invoices", params={"ref": "Z"}).json()
+    assert [r["ref"] for r in found["results"]] == ["X", "X"] and found["count"] == 2
+    assert none == {"count": 0, "results": []}
+    assert erp_server.stats()["documents"] == 3 and erp_server.stats()["duplicates"] == 0
