@@ -197,9 +197,7 @@ def trace(name: str, t0: float, runs: list[dict[str, Any]]) -> None:
         )
         if states.status_code >= 400:  # older servers: GET with a query parameter
             states = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run["id"]})
-        history = sorted(
-            ((_ts(st["timestamp"]) or 0.0) - t0, st["name"]) for st in states.json()
-        )
+        history = sorted(((_ts(st["timestamp"]) or 0.0) - t0, st["name"]) for st in states.json())
         due = (_ts(run.get("expected_start_time")) or created) - t0
         print(
             f"  [{name}] run {run['name']}: created +{created - t0:.2f}s, due +{due:.2f}s; "

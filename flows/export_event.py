@@ -10,7 +10,6 @@ message) and applies the operations. A run triggered by one event takes every pe
 its queues, so a burst of export calls becomes one run (see docs/triggers.md).
 """
 
-
 import asyncio
 import contextlib
 from pathlib import Path

@@ -179,9 +179,7 @@ def _read_answer(step: CodeStep, ctx: ExportContext, answer: Any) -> CodeOutcome
             )
         kind = str(message.get("type", "info")).lower()
         text = str(message.get("content", ""))
-        {"error": outcome.errors, "warning": outcome.warnings}.get(kind, outcome.info).append(
-            text
-        )
+        {"error": outcome.errors, "warning": outcome.warnings}.get(kind, outcome.info).append(text)
     ids = _schema_ids(ctx.content)
     for op in answer.get("operations") or []:
         if not isinstance(op, Mapping):

@@ -28,9 +28,7 @@ __all__ = [
 ]
 
 EXCERPT_LIMIT = 300
-UNCERTAIN_NOTE = (
-    "outcome unknown: the ERP may have created this document; check before retrying"
-)
+UNCERTAIN_NOTE = "outcome unknown: the ERP may have created this document; check before retrying"
 NOT_DELIVERED_NOTE = "not delivered"
 REDACTED = "***"
 # Secrets shorter than this are not masked: masking "1" or "ab" would shred every message.

@@ -642,8 +642,10 @@ def _loc_text(loc: Sequence[Any]) -> str:
 def _written(internal: str, paths: Mapping[str, str]) -> str:
     """The user's spelling of an internal path (longest known prefix wins)."""
     for prefix in sorted(paths, key=len, reverse=True):
-        if internal == prefix or internal.startswith(prefix + ".") or internal.startswith(
-            prefix + "["
+        if (
+            internal == prefix
+            or internal.startswith(prefix + ".")
+            or internal.startswith(prefix + "[")
         ):
             return paths[prefix] + internal[len(prefix) :]
     head, sep, rest = internal.partition(".")

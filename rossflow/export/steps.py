@@ -190,9 +190,7 @@ def auth_header_for(step: RestStep, auth: AuthConfig | None) -> dict[str, str]:
     if auth is None:
         return {}
     req = step.request
-    placed = any(
-        _uses_secret(part, auth.cache_as) for part in (req.headers, req.url, req.params)
-    )
+    placed = any(_uses_secret(part, auth.cache_as) for part in (req.headers, req.url, req.params))
     if placed or any(k.lower() == "authorization" for k in req.headers):
         return {}
     return {"Authorization": f"Bearer {{secret.{auth.cache_as}}}"}
@@ -229,18 +227,18 @@ def encode_multipart(
     for key, value in fields.items():
         out += [
             sep,
-            b"\r\nContent-Disposition: form-data; name=\"" + _param(key) + b"\"\r\n\r\n",
+            b'\r\nContent-Disposition: form-data; name="' + _param(key) + b'"\r\n\r\n',
             value.encode("utf-8"),
             b"\r\n",
         ]
     for key, (name, data, ctype) in files.items():
         out += [
             sep,
-            b"\r\nContent-Disposition: form-data; name=\""
+            b'\r\nContent-Disposition: form-data; name="'
             + _param(key)
-            + b"\"; filename=\""
+            + b'"; filename="'
             + _param(name)
-            + b"\"\r\nContent-Type: "
+            + b'"\r\nContent-Type: '
             + ctype.encode("latin-1")
             + b"\r\n\r\n",
             data,

@@ -242,7 +242,9 @@ def test_unknown_keys_are_preserved_and_warned(v1_settings: dict[str, Any]) -> N
     settings = v1_settings["rest_simple"]
     settings["debug"] = True
     settings["request"]["verify_ssl"] = False
-    cfg = load_pipeline([hook("rest", settings, queues=["https://x.rossum.app/api/v1/queues/1"], brand_new_field=1)])
+    cfg = load_pipeline(
+        [hook("rest", settings, queues=["https://x.rossum.app/api/v1/queues/1"], brand_new_field=1)]
+    )
     step = cfg.steps[0]
     assert step.extra["debug"] is True
     assert step.extra["request"] == {"verify_ssl": False}

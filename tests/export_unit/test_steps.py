@@ -112,14 +112,17 @@ def test_multipart_request(ctx: ExportContext, v1_settings: dict[str, Any]) -> N
     assert req.headers == {"Authorization": "Bearer tok-abcdef"}
     boundary = ctype.removeprefix("multipart/form-data; boundary=")
     assert boundary != ctype and req.files is None and req.data is None
-    assert req.content == (
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="other_field"\r\n\r\nACME\r\n'
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="file"; filename="DOC-1.json"\r\n'
-        "Content-Type: text/csv\r\n\r\na,b\n1,2\r\n"
-        f"--{boundary}--\r\n"
-    ).encode()
+    assert (
+        req.content
+        == (
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="other_field"\r\n\r\nACME\r\n'
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="DOC-1.json"\r\n'
+            "Content-Type: text/csv\r\n\r\na,b\n1,2\r\n"
+            f"--{boundary}--\r\n"
+        ).encode()
+    )
     assert req.secrets_used == {"token"}
 
 

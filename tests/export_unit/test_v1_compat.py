@@ -319,7 +319,15 @@ def test_request_processor_hook_in_a_v1_chain_keeps_its_queues_and_order() -> No
     rp = hook(
         7,
         "RP",
-        {"stages": [{"call_api": [{"name": "create", "request": {"url": "https://erp/x", "method": "POST"}}]}]},
+        {
+            "stages": [
+                {
+                    "call_api": [
+                        {"name": "create", "request": {"url": "https://erp/x", "method": "POST"}}
+                    ]
+                }
+            ]
+        },
         queues=[f"{API}/queues/5"],
     )
     rp["run_after"] = [f"{API}/hooks/1"]

@@ -50,8 +50,9 @@ def wait_status(
         time.sleep(0.02)
 
 
-def ready(client: httpx.Client, text: str | bytes = INVOICE_TEXT, queue: int = 1, **form: str
-          ) -> int:
+def ready(
+    client: httpx.Client, text: str | bytes = INVOICE_TEXT, queue: int = 1, **form: str
+) -> int:
     """Upload and wait until extraction finished (to_review)."""
     ann_id = upload(client, text, queue, **form)
     wait_status(client, ann_id, "to_review")

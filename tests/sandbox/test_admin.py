@@ -15,8 +15,9 @@ from sandbox.server import SandboxServer
 from tests.sandbox.helpers import ready, upload, wait_status
 
 
-def test_confirm_all_simulates_operator(sandbox: SandboxServer,
-                                        sandbox_client: httpx.Client) -> None:
+def test_confirm_all_simulates_operator(
+    sandbox: SandboxServer, sandbox_client: httpx.Client
+) -> None:
     sandbox.seed(queue=1, count=5, status="to_review")
     sandbox.seed(queue=1, count=2, status="postponed")
     sandbox.seed(queue=2, count=3, status="to_review")
@@ -32,10 +33,14 @@ def test_confirm_all_simulates_operator(sandbox: SandboxServer,
 
 
 def test_seed_validation_and_settings(sandbox: SandboxServer) -> None:
-    assert httpx.post(f"{sandbox.url}/_sandbox/seed", json={"queue": 1, "count": "x"}
-                      ).status_code == 400
-    assert httpx.post(f"{sandbox.url}/_sandbox/seed", json={"queue": 99, "count": 1}
-                      ).status_code == 404
+    assert (
+        httpx.post(f"{sandbox.url}/_sandbox/seed", json={"queue": 1, "count": "x"}).status_code
+        == 400
+    )
+    assert (
+        httpx.post(f"{sandbox.url}/_sandbox/seed", json={"queue": 99, "count": 1}).status_code
+        == 404
+    )
     settings = sandbox.settings(extraction_delay_s=0.2, hook_retry_backoff_s=0.5)
     assert settings["extraction_delay_s"] == 0.2 and settings["hook_retry_backoff_s"] == 0.5
     assert httpx.post(f"{sandbox.url}/_sandbox/settings", json={"bogus": 1}).status_code == 400
@@ -62,8 +67,9 @@ def test_state_survives_restart(tmp_path: Path) -> None:
         client.close()
         first.seed(queue=2, count=3, status="confirmed")
     with SandboxServer(db=db, extraction_delay_s=0.05) as second:
-        client = httpx.Client(base_url=second.api_url,
-                              headers={"Authorization": f"Bearer {token}"})  # token persisted
+        client = httpx.Client(
+            base_url=second.api_url, headers={"Authorization": f"Bearer {token}"}
+        )  # token persisted
         assert client.get(f"/v1/annotations/{ann_id}").json()["status"] == "to_review"
         assert client.get("/v1/queues/1").json()["name"] == "Renamed"  # not reseeded
         assert client.get("/v1/queues").json()["pagination"]["total"] == 2
@@ -83,9 +89,21 @@ def test_cli_prints_login_and_serves(tmp_path: Path) -> None:
         pass
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from sandbox.cli import run; sys.exit(run())",
-         "--port", str(port), "--db", str(tmp_path / "cli.db"), "--extraction-delay", "0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from sandbox.cli import run; sys.exit(run())",
+            "--port",
+            str(port),
+            "--db",
+            str(tmp_path / "cli.db"),
+            "--extraction-delay",
+            "0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         lines = []
@@ -98,8 +116,10 @@ def test_cli_prints_login_and_serves(tmp_path: Path) -> None:
         assert f"http://127.0.0.1:{port}/api" in out
         assert "admin@rossflow.local / rossflow" in out
         assert "Invoices (auto-export)" in out
-        resp = httpx.post(f"http://127.0.0.1:{port}/api/v1/auth/login",
-                          json={"username": "admin@rossflow.local", "password": "rossflow"})
+        resp = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/auth/login",
+            json={"username": "admin@rossflow.local", "password": "rossflow"},
+        )
         assert resp.status_code == 200
     finally:
         proc.send_signal(signal.SIGINT)
@@ -139,8 +159,9 @@ def test_reset_gives_fresh_state(sandbox: SandboxServer, sandbox_client: httpx.C
     assert sandbox.stats()["total"] == 0
     assert httpx.get(f"{sandbox.url}/_sandbox/faults").json()["rules"] == []
     assert httpx.get(f"{sandbox.url}/_sandbox/settings").json()["extraction_delay_s"] == 0.05
-    client = httpx.Client(base_url=sandbox.api_url,
-                          headers={"Authorization": f"Bearer {sandbox.login()}"})
+    client = httpx.Client(
+        base_url=sandbox.api_url, headers={"Authorization": f"Bearer {sandbox.login()}"}
+    )
     assert client.get("/v1/annotations").json()["pagination"]["total"] == 0
     assert client.get("/v1/users").status_code == 200
     assert sandbox_client.get("/v1/queues").status_code == 401  # old token belonged to old DB

@@ -15,8 +15,10 @@ def _content(client: httpx.Client, ann_id: int) -> list[dict]:
 def test_patch_single_node(sandbox_client: httpx.Client) -> None:
     ann_id = ready(sandbox_client)
     node = datapoints(_content(sandbox_client, ann_id))["date_due"]
-    resp = sandbox_client.patch(f"/v1/annotations/{ann_id}/content/{node['id']}",
-                                json={"content": {"value": "15.04.2024", "position": [1, 2, 3, 4]}})
+    resp = sandbox_client.patch(
+        f"/v1/annotations/{ann_id}/content/{node['id']}",
+        json={"content": {"value": "15.04.2024", "position": [1, 2, 3, 4]}},
+    )
     assert resp.status_code == 200
     body = resp.json()
     assert body["id"] == node["id"]
@@ -35,17 +37,29 @@ def test_operations_replace_add_remove(sandbox_client: httpx.Client) -> None:
     line_items = next(n for n in all_nodes(content) if n["schema_id"] == "line_items")
     first_row = line_items["children"][0]
     ops = [
-        {"op": "replace", "id": str(dps["invoice_id"]["id"]),
-         "value": {"content": {"value": "INV-NEW"}, "validation_sources": ["human"]}},
-        {"op": "replace", "id": dps["erp_document_id"]["id"],
-         "value": {"content": {"value": "ERP-1"}}},
+        {
+            "op": "replace",
+            "id": str(dps["invoice_id"]["id"]),
+            "value": {"content": {"value": "INV-NEW"}, "validation_sources": ["human"]},
+        },
+        {
+            "op": "replace",
+            "id": dps["erp_document_id"]["id"],
+            "value": {"content": {"value": "ERP-1"}},
+        },
         {"op": "remove", "id": str(first_row["id"])},
-        {"op": "add", "id": line_items["id"], "value": [
-            {"schema_id": "item_description", "content": {"value": "Bottle"}},
-            {"schema_id": "item_quantity", "content": {"value": "2"}}]},
+        {
+            "op": "add",
+            "id": line_items["id"],
+            "value": [
+                {"schema_id": "item_description", "content": {"value": "Bottle"}},
+                {"schema_id": "item_quantity", "content": {"value": "2"}},
+            ],
+        },
     ]
-    resp = sandbox_client.post(f"/v1/annotations/{ann_id}/content/operations",
-                               json={"operations": ops})
+    resp = sandbox_client.post(
+        f"/v1/annotations/{ann_id}/content/operations", json={"operations": ops}
+    )
     assert resp.status_code == 200
     new = resp.json()["content"]
     new_dps = datapoints(new)
@@ -58,8 +72,12 @@ def test_operations_replace_add_remove(sandbox_client: httpx.Client) -> None:
     added = {c["schema_id"]: c for c in rows[-1]["children"]}
     assert added["item_description"]["content"]["value"] == "Bottle"
     assert added["item_quantity"]["content"]["normalized_value"] == "2"
-    assert set(added) == {"item_description", "item_quantity", "item_amount_base",
-                          "item_amount_total"}
+    assert set(added) == {
+        "item_description",
+        "item_quantity",
+        "item_amount_base",
+        "item_amount_total",
+    }
     ids = [n["id"] for n in all_nodes(new)]
     assert len(ids) == len(set(ids))
 
@@ -67,8 +85,13 @@ def test_operations_replace_add_remove(sandbox_client: httpx.Client) -> None:
 def test_operations_mismatching_normalized_value_is_ignored(sandbox_client: httpx.Client) -> None:
     ann_id = ready(sandbox_client)
     node = datapoints(_content(sandbox_client, ann_id))["amount_total"]
-    ops = [{"op": "replace", "id": node["id"],
-            "value": {"content": {"value": "5", "normalized_value": "6"}}}]
+    ops = [
+        {
+            "op": "replace",
+            "id": node["id"],
+            "value": {"content": {"value": "5", "normalized_value": "6"}},
+        }
+    ]
     sandbox_client.post(f"/v1/annotations/{ann_id}/content/operations", json={"operations": ops})
     after = datapoints(_content(sandbox_client, ann_id))["amount_total"]
     assert after["content"]["value"] == node["content"]["value"]
@@ -79,11 +102,13 @@ def test_invalid_operations_400(sandbox_client: httpx.Client) -> None:
     content = _content(sandbox_client, ann_id)
     section = content[0]
     url = f"/v1/annotations/{ann_id}/content/operations"
-    for ops in ([{"op": "replace", "id": 123456789, "value": {"content": {"value": "x"}}}],
-                [{"op": "remove", "id": datapoints(content)["invoice_id"]["id"]}],
-                [{"op": "replace", "id": section["id"], "value": {}}],
-                [{"op": "explode", "id": section["id"]}],
-                "not a list"):
+    for ops in (
+        [{"op": "replace", "id": 123456789, "value": {"content": {"value": "x"}}}],
+        [{"op": "remove", "id": datapoints(content)["invoice_id"]["id"]}],
+        [{"op": "replace", "id": section["id"], "value": {}}],
+        [{"op": "explode", "id": section["id"]}],
+        "not a list",
+    ):
         resp = sandbox_client.post(url, json={"operations": ops})
         assert resp.status_code == 400, ops
         assert resp.json()["code"] == "bad_request"
@@ -91,9 +116,20 @@ def test_invalid_operations_400(sandbox_client: httpx.Client) -> None:
 
 def test_patch_content_tree_preserves_missing(sandbox_client: httpx.Client) -> None:
     ann_id = ready(sandbox_client)
-    tree = [{"category": "section", "schema_id": "invoice_info_section", "children": [
-        {"category": "datapoint", "schema_id": "order_id", "content": {"value": "PO-1"},
-         "validation_sources": ["human"]}]}]
+    tree = [
+        {
+            "category": "section",
+            "schema_id": "invoice_info_section",
+            "children": [
+                {
+                    "category": "datapoint",
+                    "schema_id": "order_id",
+                    "content": {"value": "PO-1"},
+                    "validation_sources": ["human"],
+                }
+            ],
+        }
+    ]
     resp = sandbox_client.patch(f"/v1/annotations/{ann_id}/content", json={"content": tree})
     assert resp.status_code == 200
     dps = datapoints(resp.json()["content"])
@@ -106,13 +142,22 @@ def test_content_changes_rejected_when_purged_or_in_workflow(
 ) -> None:
     ann_id = ready(sandbox_client)
     node = datapoints(_content(sandbox_client, ann_id))["invoice_id"]
-    ops = {"operations": [{"op": "replace", "id": node["id"],
-                           "value": {"content": {"value": "x"}}}]}
+    ops = {
+        "operations": [{"op": "replace", "id": node["id"], "value": {"content": {"value": "x"}}}]
+    }
     sandbox.force_status(ann_id, "in_workflow")
-    assert sandbox_client.post(f"/v1/annotations/{ann_id}/content/operations",
-                               json=ops).status_code == 409
+    assert (
+        sandbox_client.post(f"/v1/annotations/{ann_id}/content/operations", json=ops).status_code
+        == 409
+    )
     sandbox.force_status(ann_id, "purged")
-    assert sandbox_client.post(f"/v1/annotations/{ann_id}/content/operations",
-                               json=ops).status_code == 400
-    assert sandbox_client.patch(f"/v1/annotations/{ann_id}/content/{node['id']}",
-                                json={"content": {"value": "x"}}).status_code == 400
+    assert (
+        sandbox_client.post(f"/v1/annotations/{ann_id}/content/operations", json=ops).status_code
+        == 400
+    )
+    assert (
+        sandbox_client.patch(
+            f"/v1/annotations/{ann_id}/content/{node['id']}", json={"content": {"value": "x"}}
+        ).status_code
+        == 400
+    )

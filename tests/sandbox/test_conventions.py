@@ -17,11 +17,14 @@ BAD_REQUEST = {"detail": "Bad Request.", "code": "bad_request"}
 def test_index_lists_collections(sandbox: SandboxServer, sandbox_client: httpx.Client) -> None:
     body = sandbox_client.get("/v1").json()
     assert body["queues"] == f"{sandbox.api_url}/v1/queues"
-    assert {"organizations", "workspaces", "schemas", "documents", "users", "annotations"} <= set(body)
+    assert {"organizations", "workspaces", "schemas", "documents", "users", "annotations"} <= set(
+        body
+    )
 
 
-def test_pagination_defaults_caps_and_links(sandbox: SandboxServer,
-                                            sandbox_client: httpx.Client) -> None:
+def test_pagination_defaults_caps_and_links(
+    sandbox: SandboxServer, sandbox_client: httpx.Client
+) -> None:
     sandbox.seed(queue=1, count=250, status="to_review")
     first = sandbox_client.get("/v1/annotations", params={"queue": 1, "status": "to_review"}).json()
     assert set(first) == {"pagination", "results"}
@@ -54,32 +57,49 @@ def test_absolute_urls_and_dates(sandbox: SandboxServer, sandbox_client: httpx.C
     assert DATE_RE.match(ann["created_at"]) and DATE_RE.match(ann["confirmed_at"])
     assert isinstance(ann["id"], int)
     # URLs follow the Host the client used
-    other = httpx.get(f"http://localhost:{sandbox.port}/api/v1/annotations/{ann_id}",
-                      headers=sandbox_client.headers).json()
+    other = httpx.get(
+        f"http://localhost:{sandbox.port}/api/v1/annotations/{ann_id}",
+        headers=sandbox_client.headers,
+    ).json()
     assert other["url"].startswith(f"http://localhost:{sandbox.port}/api/v1/")
 
 
 def test_unknown_ids_404(sandbox_client: httpx.Client) -> None:
-    for path in ("/v1/annotations/999999", "/v1/queues/999", "/v1/documents/999",
-                 "/v1/hooks/5", "/v1/tasks/77", "/v1/uploads/9", "/v1/schemas/9",
-                 "/v1/annotations/999999/content", "/v1/nonexistent"):
+    for path in (
+        "/v1/annotations/999999",
+        "/v1/queues/999",
+        "/v1/documents/999",
+        "/v1/hooks/5",
+        "/v1/tasks/77",
+        "/v1/uploads/9",
+        "/v1/schemas/9",
+        "/v1/annotations/999999/content",
+        "/v1/nonexistent",
+    ):
         resp = sandbox_client.get(path)
         assert resp.status_code == 404, path
         assert resp.json() == NOT_FOUND, path
 
 
 def test_wrong_types_are_400(sandbox_client: httpx.Client) -> None:
-    for params in ({"queue": "abc"}, {"id": "1,x"}, {"status": "nonsense"},
-                   {"created_at_after": "yesterday"}):
+    for params in (
+        {"queue": "abc"},
+        {"id": "1,x"},
+        {"status": "nonsense"},
+        {"created_at_after": "yesterday"},
+    ):
         resp = sandbox_client.get("/v1/annotations", params=params)
         assert resp.status_code == 400, params
         assert resp.json() == BAD_REQUEST
         assert resp.headers["X-Sandbox-Error"]
-    bad_json = sandbox_client.post("/v1/hooks", content=b"{not json",
-                                   headers={"Content-Type": "application/json"})
+    bad_json = sandbox_client.post(
+        "/v1/hooks", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert bad_json.status_code == 400 and bad_json.json() == BAD_REQUEST
-    assert sandbox_client.post("/v1/uploads?queue=abc",
-                               files={"content": ("a.txt", b"x")}).status_code == 400
+    assert (
+        sandbox_client.post("/v1/uploads?queue=abc", files={"content": ("a.txt", b"x")}).status_code
+        == 400
+    )
 
 
 def test_trailing_slash_accepted(sandbox_client: httpx.Client) -> None:
@@ -104,14 +124,25 @@ def test_seeded_objects(sandbox: SandboxServer, sandbox_client: httpx.Client) ->
     assert "_password_sha256" not in users[0]
     schema = sandbox_client.get("/v1/schemas/1").json()
     sections = [s["id"] for s in schema["content"]]
-    assert sections == ["invoice_info_section", "amounts_section", "vendor_section",
-                        "line_items_section", "other_section"]
+    assert sections == [
+        "invoice_info_section",
+        "amounts_section",
+        "vendor_section",
+        "line_items_section",
+        "other_section",
+    ]
     q1, q2 = sandbox_client.get("/v1/queues").json()["results"]
     assert (q1["name"], q1["use_confirmed_state"]) == ("Invoices", True)
     assert (q2["name"], q2["use_confirmed_state"]) == ("Invoices (auto-export)", False)
     assert q1["schema"] == f"{sandbox.api_url}/v1/schemas/1"
-    for lst in ("/v1/workspaces", "/v1/organizations", "/v1/schemas", "/v1/documents",
-                "/v1/hooks", "/v1/users"):
+    for lst in (
+        "/v1/workspaces",
+        "/v1/organizations",
+        "/v1/schemas",
+        "/v1/documents",
+        "/v1/hooks",
+        "/v1/users",
+    ):
         body = sandbox_client.get(lst).json()
         assert set(body) == {"pagination", "results"}, lst
 
@@ -119,24 +150,57 @@ def test_seeded_objects(sandbox: SandboxServer, sandbox_client: httpx.Client) ->
 def test_queue_object_and_crud_codes(sandbox: SandboxServer, sandbox_client: httpx.Client) -> None:
     sandbox.seed(queue=1, count=3, status="exported")
     q = sandbox_client.get("/v1/queues/1").json()
-    assert list(q["counts"]) == ["importing", "split", "failed_import", "to_review", "reviewing",
-                                 "confirmed", "exporting", "postponed", "failed_export",
-                                 "exported", "deleted", "purged", "rejected"]
+    assert list(q["counts"]) == [
+        "importing",
+        "split",
+        "failed_import",
+        "to_review",
+        "reviewing",
+        "confirmed",
+        "exporting",
+        "postponed",
+        "failed_export",
+        "exported",
+        "deleted",
+        "purged",
+        "rejected",
+    ]
     assert q["counts"]["exported"] == 3
-    for key in ("use_confirmed_state", "automation_level", "automation_enabled", "settings",
-                "status", "session_timeout", "workspace", "schema", "hooks"):
+    for key in (
+        "use_confirmed_state",
+        "automation_level",
+        "automation_enabled",
+        "settings",
+        "status",
+        "session_timeout",
+        "workspace",
+        "schema",
+        "hooks",
+    ):
         assert key in q
-    created = sandbox_client.post("/v1/queues", json={
-        "name": "New", "schema": f"{sandbox.api_url}/v1/schemas/1",
-        "workspace": f"{sandbox.api_url}/v1/workspaces/1", "automation_level": "always"})
+    created = sandbox_client.post(
+        "/v1/queues",
+        json={
+            "name": "New",
+            "schema": f"{sandbox.api_url}/v1/schemas/1",
+            "workspace": f"{sandbox.api_url}/v1/workspaces/1",
+            "automation_level": "always",
+        },
+    )
     assert created.status_code == 201
     qid = created.json()["id"]
     assert created.json()["status"] == "active"
-    assert f"{sandbox.api_url}/v1/queues/{qid}" in sandbox_client.get(
-        "/v1/workspaces/1").json()["queues"]
+    assert (
+        f"{sandbox.api_url}/v1/queues/{qid}"
+        in sandbox_client.get("/v1/workspaces/1").json()["queues"]
+    )
     patched = sandbox_client.patch(f"/v1/queues/{qid}", json={"use_confirmed_state": True})
     assert patched.status_code == 200 and patched.json()["use_confirmed_state"] is True
-    assert sandbox_client.patch(f"/v1/queues/{qid}",
-                                json={"automation_level": "sometimes"}).status_code == 400
+    assert (
+        sandbox_client.patch(
+            f"/v1/queues/{qid}", json={"automation_level": "sometimes"}
+        ).status_code
+        == 400
+    )
     assert sandbox_client.delete(f"/v1/queues/{qid}").status_code == 202
     assert sandbox_client.get(f"/v1/queues/{qid}").status_code == 404

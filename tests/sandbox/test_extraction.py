@@ -12,14 +12,51 @@ from sandbox.server import SandboxServer
 from tests.sandbox.helpers import INVOICE_TEXT, all_nodes, datapoints, upload, wait_status
 
 ANNOTATION_FIELDS = (
-    "document", "id", "queue", "schema", "relations", "pages", "creator", "modifier",
-    "modified_by", "assigned_at", "created_at", "confirmed_at", "deleted_at", "exported_at",
-    "export_failed_at", "modified_at", "purged_at", "rejected_at", "confirmed_by", "deleted_by",
-    "exported_by", "purged_by", "rejected_by", "status", "rir_poll_id", "messages", "url",
-    "content", "time_spent", "metadata", "related_emails", "email", "automation_blocker",
-    "email_thread", "has_email_thread_with_replies", "has_email_thread_with_new_replies",
-    "organization", "prediction", "assignees", "labels", "automated", "suggested_edit",
-    "automatically_rejected", "restricted_access", "training_enabled",
+    "document",
+    "id",
+    "queue",
+    "schema",
+    "relations",
+    "pages",
+    "creator",
+    "modifier",
+    "modified_by",
+    "assigned_at",
+    "created_at",
+    "confirmed_at",
+    "deleted_at",
+    "exported_at",
+    "export_failed_at",
+    "modified_at",
+    "purged_at",
+    "rejected_at",
+    "confirmed_by",
+    "deleted_by",
+    "exported_by",
+    "purged_by",
+    "rejected_by",
+    "status",
+    "rir_poll_id",
+    "messages",
+    "url",
+    "content",
+    "time_spent",
+    "metadata",
+    "related_emails",
+    "email",
+    "automation_blocker",
+    "email_thread",
+    "has_email_thread_with_replies",
+    "has_email_thread_with_new_replies",
+    "organization",
+    "prediction",
+    "assignees",
+    "labels",
+    "automated",
+    "suggested_edit",
+    "automatically_rejected",
+    "restricted_access",
+    "training_enabled",
 )
 
 
@@ -57,15 +94,25 @@ def test_importing_then_to_review_with_values(sandbox_client: httpx.Client) -> N
     rows = [n for n in all_nodes(body["content"]) if n["category"] == "tuple"]
     assert len(rows) == 2
     cells = {c["schema_id"]: c["content"]["value"] for c in rows[0]["children"]}
-    assert cells == {"item_description": "Consulting services", "item_quantity": "10",
-                     "item_amount_base": "100.00", "item_amount_total": "1000.00"}
+    assert cells == {
+        "item_description": "Consulting services",
+        "item_quantity": "10",
+        "item_amount_base": "100.00",
+        "item_amount_total": "1000.00",
+    }
     ids = [n["id"] for n in all_nodes(body["content"])]
     assert all(isinstance(i, int) for i in ids) and len(ids) == len(set(ids))
 
 
 def test_pdf_text_extraction(sandbox_client: httpx.Client) -> None:
-    pdf = make_pdf(["Invoice number: PDF-77", "Issue date: 05.02.2024", "Total amount: 99.50",
-                    "Item: Widget | 3 | 10.00 | 30.00"])
+    pdf = make_pdf(
+        [
+            "Invoice number: PDF-77",
+            "Issue date: 05.02.2024",
+            "Total amount: 99.50",
+            "Item: Widget | 3 | 10.00 | 30.00",
+        ]
+    )
     ann_id = upload(sandbox_client, pdf, name="inv.pdf")
     wait_status(sandbox_client, ann_id, "to_review")
     dps = datapoints(sandbox_client.get(f"/v1/annotations/{ann_id}/content").json()["content"])
@@ -92,8 +139,12 @@ def test_fail_marker_gives_failed_import(sandbox_client: httpx.Client) -> None:
 
 def test_automation_always(sandbox: SandboxServer, sandbox_client: httpx.Client) -> None:
     for qid in (1, 2):
-        assert sandbox_client.patch(f"/v1/queues/{qid}", json={
-            "automation_level": "always", "automation_enabled": True}).status_code == 200
+        assert (
+            sandbox_client.patch(
+                f"/v1/queues/{qid}", json={"automation_level": "always", "automation_enabled": True}
+            ).status_code
+            == 200
+        )
     confirmed = wait_status(sandbox_client, upload(sandbox_client, queue=1), "confirmed")
     assert confirmed["automated"] is True and confirmed["confirmed_at"] is not None
     exported = wait_status(sandbox_client, upload(sandbox_client, queue=2), "exported")
@@ -108,9 +159,21 @@ def test_annotation_has_every_field(sandbox_client: httpx.Client) -> None:
     ann = wait_status(sandbox_client, ann_id, "to_review")
     for key in ANNOTATION_FIELDS:
         assert key in ann, key
-    for key in ("confirmed_at", "deleted_at", "exported_at", "export_failed_at", "purged_at",
-                "rejected_at", "confirmed_by", "deleted_by", "exported_by", "purged_by",
-                "rejected_by", "assigned_at", "modifier"):
+    for key in (
+        "confirmed_at",
+        "deleted_at",
+        "exported_at",
+        "export_failed_at",
+        "purged_at",
+        "rejected_at",
+        "confirmed_by",
+        "deleted_by",
+        "exported_by",
+        "purged_by",
+        "rejected_by",
+        "assigned_at",
+        "modifier",
+    ):
         assert ann[key] is None, key
     assert not any(k.startswith("_") for k in ann)
 
@@ -120,8 +183,10 @@ def test_annotation_list_filters(sandbox: SandboxServer, sandbox_client: httpx.C
     exported = sandbox.seed(queue=2, count=2, status="exported")
     body = sandbox_client.get("/v1/annotations", params={"status": "confirmed,exported"}).json()
     assert body["pagination"]["total"] == 5
-    assert sandbox_client.get("/v1/annotations", params={"queue": 2}).json()["pagination"][
-        "total"] == 2
+    assert (
+        sandbox_client.get("/v1/annotations", params={"queue": 2}).json()["pagination"]["total"]
+        == 2
+    )
     ids = f"{confirmed[0]},{exported[1]}"
     got = sandbox_client.get("/v1/annotations", params={"id": ids}).json()["results"]
     assert [a["id"] for a in got] == [confirmed[0], exported[1]]
@@ -132,18 +197,27 @@ def test_annotation_list_filters(sandbox: SandboxServer, sandbox_client: httpx.C
     assert desc[0]["id"] == max(confirmed + exported)
     fields = sandbox_client.get("/v1/annotations", params={"fields": "id,url"}).json()["results"]
     assert set(fields[0]) == {"id", "url"}
-    future = sandbox_client.get("/v1/annotations",
-                                params={"created_at_after": "2999-01-01"}).json()
+    future = sandbox_client.get("/v1/annotations", params={"created_at_after": "2999-01-01"}).json()
     assert future["pagination"]["total"] == 0
-    past = sandbox_client.get("/v1/annotations",
-                              params={"created_at_before": "2999-01-01 10:00:00"}).json()
+    past = sandbox_client.get(
+        "/v1/annotations", params={"created_at_before": "2999-01-01 10:00:00"}
+    ).json()
     assert past["pagination"]["total"] == 5
-    assert sandbox_client.get("/v1/annotations", params={
-        "confirmed_at_after": "2000-01-01T00:00:00Z", "status": "confirmed"}).json()[
-        "pagination"]["total"] == 3
-    side = sandbox_client.get("/v1/annotations", params={
-        "id": confirmed[0], "sideload": "documents,content",
-        "content.schema_id": "invoice_id"}).json()
+    assert (
+        sandbox_client.get(
+            "/v1/annotations",
+            params={"confirmed_at_after": "2000-01-01T00:00:00Z", "status": "confirmed"},
+        ).json()["pagination"]["total"]
+        == 3
+    )
+    side = sandbox_client.get(
+        "/v1/annotations",
+        params={
+            "id": confirmed[0],
+            "sideload": "documents,content",
+            "content.schema_id": "invoice_id",
+        },
+    ).json()
     assert side["documents"][0]["url"] == side["results"][0]["document"]
     assert [n["schema_id"] for n in side["content"]] == ["invoice_id"]
     assert side["content"][0]["url"].startswith(side["results"][0]["url"] + "/content/")

@@ -9,8 +9,11 @@ import pytest
 
 from sandbox.server import SandboxServer
 
-RATE_LIMITED = {"detail": "Request was rate limited.", "code": "rate_limited",
-                "url": "https://rossum.app/api/docs/openapi/guides/overview/#rate-limiting"}
+RATE_LIMITED = {
+    "detail": "Request was rate limited.",
+    "code": "rate_limited",
+    "url": "https://rossum.app/api/docs/openapi/guides/overview/#rate-limiting",
+}
 
 
 def _uploads(client: httpx.Client) -> int:
@@ -18,8 +21,9 @@ def _uploads(client: httpx.Client) -> int:
 
 
 def test_latency_fault(sandbox: SandboxServer, sandbox_client: httpx.Client) -> None:
-    sandbox.set_faults([{"method": "GET", "path": "/api/v1/queues", "kind": "latency",
-                         "latency_s": 0.3}])
+    sandbox.set_faults(
+        [{"method": "GET", "path": "/api/v1/queues", "kind": "latency", "latency_s": 0.3}]
+    )
     started = time.monotonic()
     assert sandbox_client.get("/v1/queues").status_code == 200
     assert time.monotonic() - started >= 0.3
@@ -29,8 +33,17 @@ def test_latency_fault(sandbox: SandboxServer, sandbox_client: httpx.Client) -> 
 
 
 def test_rate_limit_fault_times(sandbox: SandboxServer, sandbox_client: httpx.Client) -> None:
-    sandbox.set_faults([{"method": "POST", "path": "/api/v1/uploads", "kind": "rate_limit",
-                         "retry_after": 2, "times": 2}])
+    sandbox.set_faults(
+        [
+            {
+                "method": "POST",
+                "path": "/api/v1/uploads",
+                "kind": "rate_limit",
+                "retry_after": 2,
+                "times": 2,
+            }
+        ]
+    )
     for _ in range(2):
         resp = sandbox_client.post("/v1/uploads?queue=1", files={"content": ("a.txt", b"x")})
         assert resp.status_code == 429
@@ -47,8 +60,9 @@ def test_error_fault_regex_and_method(sandbox: SandboxServer, sandbox_client: ht
     assert resp.status_code == 503
     assert resp.json() == {"detail": "Service Unavailable.", "code": "service_unavailable"}
     assert sandbox_client.get("/v1/annotations").status_code == 200
-    sandbox.set_faults([{"method": "GET", "path": "/api/v1/queues", "kind": "error",
-                         "status": 500, "times": 1}])
+    sandbox.set_faults(
+        [{"method": "GET", "path": "/api/v1/queues", "kind": "error", "status": 500, "times": 1}]
+    )
     err = sandbox_client.get("/v1/queues")
     assert err.status_code == 500 and err.json() == {"detail": "Server error.", "code": "error"}
     assert sandbox_client.get("/v1/queues").status_code == 200
@@ -57,18 +71,22 @@ def test_error_fault_regex_and_method(sandbox: SandboxServer, sandbox_client: ht
 
 
 def test_drop_before_does_not_process(sandbox: SandboxServer, sandbox_client: httpx.Client) -> None:
-    sandbox.set_faults([{"method": "POST", "path": "/api/v1/uploads", "kind": "drop_before",
-                         "times": 1}])
+    sandbox.set_faults(
+        [{"method": "POST", "path": "/api/v1/uploads", "kind": "drop_before", "times": 1}]
+    )
     with pytest.raises(httpx.RemoteProtocolError):
         sandbox_client.post("/v1/uploads?queue=1", files={"content": ("a.txt", b"x")})
     assert _uploads(sandbox_client) == 0
-    assert sandbox_client.post("/v1/uploads?queue=1",
-                               files={"content": ("a.txt", b"x")}).status_code == 202
+    assert (
+        sandbox_client.post("/v1/uploads?queue=1", files={"content": ("a.txt", b"x")}).status_code
+        == 202
+    )
 
 
 def test_drop_after_processes_request(sandbox: SandboxServer, sandbox_client: httpx.Client) -> None:
-    sandbox.set_faults([{"method": "POST", "path": "/api/v1/uploads", "kind": "drop_after",
-                         "times": 1}])
+    sandbox.set_faults(
+        [{"method": "POST", "path": "/api/v1/uploads", "kind": "drop_after", "times": 1}]
+    )
     with pytest.raises(httpx.RemoteProtocolError):
         sandbox_client.post("/v1/uploads?queue=1", files={"content": ("a.txt", b"x")})
     assert _uploads(sandbox_client) == 1  # the upload happened; the client never saw it

@@ -14,23 +14,50 @@ from tests.fixtures.sandbox import HookReceiver
 from tests.sandbox.helpers import datapoints, ready, start_confirm, wait_status
 
 
-def make_hook(client: httpx.Client, sandbox: SandboxServer, receiver: HookReceiver,
-              **fields: Any) -> dict[str, Any]:
+def make_hook(
+    client: httpx.Client, sandbox: SandboxServer, receiver: HookReceiver, **fields: Any
+) -> dict[str, Any]:
     config = {"url": receiver.url + "/hook", **fields.pop("config", {})}
-    body = {"name": "test hook", "queues": [f"{sandbox.api_url}/v1/queues/{fields.pop('queue', 1)}"],
-            "events": ["annotation_status"], "config": config, **fields}
+    body = {
+        "name": "test hook",
+        "queues": [f"{sandbox.api_url}/v1/queues/{fields.pop('queue', 1)}"],
+        "events": ["annotation_status"],
+        "config": config,
+        **fields,
+    }
     resp = client.post("/v1/hooks", json=body)
     assert resp.status_code == 201, resp.text
     return resp.json()
 
 
-def test_hook_crud(sandbox: SandboxServer, sandbox_client: httpx.Client,
-                   hook_receiver: HookReceiver) -> None:
-    hook = make_hook(sandbox_client, sandbox, hook_receiver, secrets={"password": "s3cret"},
-                     settings={"target": "erp"}, sideload=["queues"])
-    for key in ("id", "url", "type", "name", "queues", "run_after", "sideload", "active",
-                "events", "config", "settings", "secrets", "token_owner", "metadata",
-                "modified_at"):
+def test_hook_crud(
+    sandbox: SandboxServer, sandbox_client: httpx.Client, hook_receiver: HookReceiver
+) -> None:
+    hook = make_hook(
+        sandbox_client,
+        sandbox,
+        hook_receiver,
+        secrets={"password": "s3cret"},
+        settings={"target": "erp"},
+        sideload=["queues"],
+    )
+    for key in (
+        "id",
+        "url",
+        "type",
+        "name",
+        "queues",
+        "run_after",
+        "sideload",
+        "active",
+        "events",
+        "config",
+        "settings",
+        "secrets",
+        "token_owner",
+        "metadata",
+        "modified_at",
+    ):
         assert key in hook, key
     assert hook["secrets"] == {}  # write-only
     assert hook["events"] == ["annotation_status.changed"]  # bare event = all its actions
@@ -51,12 +78,20 @@ def test_hook_crud(sandbox: SandboxServer, sandbox_client: httpx.Client,
     assert sandbox_client.get(url).status_code == 404
 
 
-def test_status_hook_payload_and_signatures(sandbox: SandboxServer, sandbox_client: httpx.Client,
-                                            hook_receiver: HookReceiver) -> None:
+def test_status_hook_payload_and_signatures(
+    sandbox: SandboxServer, sandbox_client: httpx.Client, hook_receiver: HookReceiver
+) -> None:
     secret = "hook-secret"
-    hook = make_hook(sandbox_client, sandbox, hook_receiver, config={"secret": secret},
-                     settings={"k": "v"}, secrets={"pw": "x"},
-                     token_owner=f"{sandbox.api_url}/v1/users/1", sideload=["queues"])
+    hook = make_hook(
+        sandbox_client,
+        sandbox,
+        hook_receiver,
+        config={"secret": secret},
+        settings={"k": "v"},
+        secrets={"pw": "x"},
+        token_owner=f"{sandbox.api_url}/v1/users/1",
+        sideload=["queues"],
+    )
     ann_id = ready(sandbox_client)
     request = hook_receiver.wait_for(1)[0]
     assert request.method == "POST" and request.path == "/hook"
@@ -79,13 +114,15 @@ def test_status_hook_payload_and_signatures(sandbox: SandboxServer, sandbox_clie
     assert "annotations" not in doc and doc["original_file_name"] == "invoice.txt"
     assert payload["queues"][0]["id"] == 1
     token = payload["rossum_authorization_token"]
-    me = httpx.get(f"{sandbox.api_url}/v1/annotations/{ann_id}",
-                   headers={"Authorization": f"Bearer {token}"})
+    me = httpx.get(
+        f"{sandbox.api_url}/v1/annotations/{ann_id}", headers={"Authorization": f"Bearer {token}"}
+    )
     assert me.status_code == 200
 
 
-def test_status_hooks_filtering(sandbox: SandboxServer, sandbox_client: httpx.Client,
-                                hook_receiver: HookReceiver) -> None:
+def test_status_hooks_filtering(
+    sandbox: SandboxServer, sandbox_client: httpx.Client, hook_receiver: HookReceiver
+) -> None:
     make_hook(sandbox_client, sandbox, hook_receiver, events=["annotation_status.changed"])
     make_hook(sandbox_client, sandbox, hook_receiver, active=False)
     make_hook(sandbox_client, sandbox, hook_receiver, queue=2)
@@ -95,15 +132,21 @@ def test_status_hooks_filtering(sandbox: SandboxServer, sandbox_client: httpx.Cl
     start_confirm(sandbox_client, ann_id)
     received = hook_receiver.wait_for(3)
     time.sleep(0.2)
-    statuses = {(r.json()["annotation"]["previous_status"], r.json()["annotation"]["status"])
-                for r in hook_receiver.requests}  # deliveries are concurrent: no order promised
-    assert statuses == {("importing", "to_review"), ("to_review", "reviewing"),
-                        ("reviewing", "confirmed")}
+    statuses = {
+        (r.json()["annotation"]["previous_status"], r.json()["annotation"]["status"])
+        for r in hook_receiver.requests
+    }  # deliveries are concurrent: no order promised
+    assert statuses == {
+        ("importing", "to_review"),
+        ("to_review", "reviewing"),
+        ("reviewing", "confirmed"),
+    }
     assert len(received) == 3
 
 
-def test_retries_on_503_then_success(sandbox: SandboxServer, sandbox_client: httpx.Client,
-                                     hook_receiver: HookReceiver) -> None:
+def test_retries_on_503_then_success(
+    sandbox: SandboxServer, sandbox_client: httpx.Client, hook_receiver: HookReceiver
+) -> None:
     make_hook(sandbox_client, sandbox, hook_receiver)
     hook_receiver.reply(503)
     hook_receiver.reply(429)
@@ -116,8 +159,9 @@ def test_retries_on_503_then_success(sandbox: SandboxServer, sandbox_client: htt
     assert [a["status_code"] for a in record["attempts"]] == [503, 429, 200]
 
 
-def test_no_retry_on_400_unless_any_non_2xx(sandbox: SandboxServer, sandbox_client: httpx.Client,
-                                            hook_receiver: HookReceiver) -> None:
+def test_no_retry_on_400_unless_any_non_2xx(
+    sandbox: SandboxServer, sandbox_client: httpx.Client, hook_receiver: HookReceiver
+) -> None:
     hook = make_hook(sandbox_client, sandbox, hook_receiver, config={"retry_count": 2})
     hook_receiver.default = (400, {}, {})
     ready(sandbox_client)
@@ -131,13 +175,18 @@ def test_no_retry_on_400_unless_any_non_2xx(sandbox: SandboxServer, sandbox_clie
     assert records[-1]["status"] == "failed" and len(records[-1]["attempts"]) == 3
 
 
-def test_transport_error_and_timeout_are_retried(sandbox: SandboxServer,
-                                                 sandbox_client: httpx.Client,
-                                                 hook_receiver: HookReceiver) -> None:
-    sandbox_client.post("/v1/hooks", json={
-        "name": "dead", "queues": [f"{sandbox.api_url}/v1/queues/1"],
-        "events": ["annotation_status"],
-        "config": {"url": "http://127.0.0.1:9/nothing", "retry_count": 1}})
+def test_transport_error_and_timeout_are_retried(
+    sandbox: SandboxServer, sandbox_client: httpx.Client, hook_receiver: HookReceiver
+) -> None:
+    sandbox_client.post(
+        "/v1/hooks",
+        json={
+            "name": "dead",
+            "queues": [f"{sandbox.api_url}/v1/queues/1"],
+            "events": ["annotation_status"],
+            "config": {"url": "http://127.0.0.1:9/nothing", "retry_count": 1},
+        },
+    )
     ready(sandbox_client)
     sandbox.wait_idle()
     record = sandbox.hook_deliveries()[0]
@@ -145,19 +194,27 @@ def test_transport_error_and_timeout_are_retried(sandbox: SandboxServer,
     assert record["attempts"][0]["error"]
 
 
-def test_export_hook_success_applies_operations(sandbox: SandboxServer,
-                                                sandbox_client: httpx.Client,
-                                                hook_receiver: HookReceiver) -> None:
-    make_hook(sandbox_client, sandbox, hook_receiver, queue=2,
-              events=["annotation_content.export"])
+def test_export_hook_success_applies_operations(
+    sandbox: SandboxServer, sandbox_client: httpx.Client, hook_receiver: HookReceiver
+) -> None:
+    make_hook(sandbox_client, sandbox, hook_receiver, queue=2, events=["annotation_content.export"])
     ann_id = ready(sandbox_client, queue=2)
     content = sandbox_client.get(f"/v1/annotations/{ann_id}/content").json()["content"]
     erp = datapoints(content)["erp_document_id"]
-    hook_receiver.reply(200, {"messages": [{"type": "info", "content": "stored"}], "operations": [
-        {"op": "replace", "id": erp["id"], "value": {"content": {"value": "ERP-77"}}}]})
+    hook_receiver.reply(
+        200,
+        {
+            "messages": [{"type": "info", "content": "stored"}],
+            "operations": [
+                {"op": "replace", "id": erp["id"], "value": {"content": {"value": "ERP-77"}}}
+            ],
+        },
+    )
     start_confirm(sandbox_client, ann_id)
     assert sandbox_client.get(f"/v1/annotations/{ann_id}").json()["status"] in (
-        "exporting", "exported")
+        "exporting",
+        "exported",
+    )
     ann = wait_status(sandbox_client, ann_id, "exported")
     assert ann["messages"][0]["content"] == "stored"
     payload = hook_receiver.requests[0].json()
@@ -170,14 +227,21 @@ def test_export_hook_success_applies_operations(sandbox: SandboxServer,
     assert datapoints(after)["erp_document_id"]["content"]["value"] == "ERP-77"
 
 
-def test_export_hook_failure_and_error_message(sandbox: SandboxServer,
-                                               sandbox_client: httpx.Client,
-                                               hook_receiver: HookReceiver) -> None:
-    make_hook(sandbox_client, sandbox, hook_receiver, queue=2,
-              events=["annotation_content"], config={"retry_count": 0})
+def test_export_hook_failure_and_error_message(
+    sandbox: SandboxServer, sandbox_client: httpx.Client, hook_receiver: HookReceiver
+) -> None:
+    make_hook(
+        sandbox_client,
+        sandbox,
+        hook_receiver,
+        queue=2,
+        events=["annotation_content"],
+        config={"retry_count": 0},
+    )
     first = ready(sandbox_client, queue=2)  # also calls the hook (initialize action)
-    hook_receiver.reply(200, {"messages": [{"id": "all", "type": "error",
-                                            "content": "Draft invoice not created."}]})
+    hook_receiver.reply(
+        200, {"messages": [{"id": "all", "type": "error", "content": "Draft invoice not created."}]}
+    )
     start_confirm(sandbox_client, first)
     ann = wait_status(sandbox_client, first, "failed_export")
     assert ann["export_failed_at"] is not None and ann["exported_at"] is None
@@ -192,13 +256,27 @@ def test_export_hook_failure_and_error_message(sandbox: SandboxServer,
     assert wait_status(sandbox_client, second, "exported")["exported_at"] is not None
 
 
-def test_run_after_order(sandbox: SandboxServer, sandbox_client: httpx.Client,
-                         hook_receiver: HookReceiver) -> None:
-    last = make_hook(sandbox_client, sandbox, hook_receiver, queue=2, name="last",
-                     events=["annotation_content.export"], config={"url": hook_receiver.url + "/b"})
-    first = make_hook(sandbox_client, sandbox, hook_receiver, queue=2, name="first",
-                      events=["annotation_content.export"],
-                      config={"url": hook_receiver.url + "/a"})
+def test_run_after_order(
+    sandbox: SandboxServer, sandbox_client: httpx.Client, hook_receiver: HookReceiver
+) -> None:
+    last = make_hook(
+        sandbox_client,
+        sandbox,
+        hook_receiver,
+        queue=2,
+        name="last",
+        events=["annotation_content.export"],
+        config={"url": hook_receiver.url + "/b"},
+    )
+    first = make_hook(
+        sandbox_client,
+        sandbox,
+        hook_receiver,
+        queue=2,
+        name="first",
+        events=["annotation_content.export"],
+        config={"url": hook_receiver.url + "/a"},
+    )
     sandbox_client.patch(f"/v1/hooks/{last['id']}", json={"run_after": [first["url"]]})
     ann_id = ready(sandbox_client, queue=2)
     start_confirm(sandbox_client, ann_id)
@@ -206,10 +284,10 @@ def test_run_after_order(sandbox: SandboxServer, sandbox_client: httpx.Client,
     assert [r.path for r in hook_receiver.requests] == ["/a", "/b"]
 
 
-def test_async_hook_202_polling(sandbox: SandboxServer, sandbox_client: httpx.Client,
-                                hook_receiver: HookReceiver) -> None:
-    make_hook(sandbox_client, sandbox, hook_receiver, queue=2,
-              events=["annotation_content.export"])
+def test_async_hook_202_polling(
+    sandbox: SandboxServer, sandbox_client: httpx.Client, hook_receiver: HookReceiver
+) -> None:
+    make_hook(sandbox_client, sandbox, hook_receiver, queue=2, events=["annotation_content.export"])
     hook_receiver.reply(202, {}, {"Location": "/poll/1"})
     hook_receiver.reply(202, {})
     hook_receiver.reply(201, {"messages": [{"type": "info", "content": "async done"}]})
@@ -218,11 +296,15 @@ def test_async_hook_202_polling(sandbox: SandboxServer, sandbox_client: httpx.Cl
     ann = wait_status(sandbox_client, ann_id, "exported")
     assert ann["messages"][0]["content"] == "async done"
     assert [(r.method, r.path) for r in hook_receiver.requests] == [
-        ("POST", "/hook"), ("GET", "/poll/1"), ("GET", "/poll/1")]
+        ("POST", "/hook"),
+        ("GET", "/poll/1"),
+        ("GET", "/poll/1"),
+    ]
 
 
-def test_hook_test_and_invoke(sandbox: SandboxServer, sandbox_client: httpx.Client,
-                              hook_receiver: HookReceiver) -> None:
+def test_hook_test_and_invoke(
+    sandbox: SandboxServer, sandbox_client: httpx.Client, hook_receiver: HookReceiver
+) -> None:
     hook = make_hook(sandbox_client, sandbox, hook_receiver, events=["invocation.manual"])
     hook_receiver.reply(200, {"echo": True})
     resp = sandbox_client.post(f"/v1/hooks/{hook['id']}/test", json={"payload": {"x": 1}})

@@ -10,13 +10,16 @@ from tests.sandbox.helpers import ready, start_confirm, wait_status
 CONFLICT = {"detail": "Conflict.", "code": "conflict_status"}
 
 
-def test_start_returns_annotation_and_session_timeout(sandbox: SandboxServer,
-                                                     sandbox_client: httpx.Client) -> None:
+def test_start_returns_annotation_and_session_timeout(
+    sandbox: SandboxServer, sandbox_client: httpx.Client
+) -> None:
     ann_id = ready(sandbox_client)
     resp = sandbox_client.post(f"/v1/annotations/{ann_id}/start")
     assert resp.status_code == 200
-    assert resp.json() == {"annotation": f"{sandbox.api_url}/v1/annotations/{ann_id}",
-                           "session_timeout": "01:00:00"}
+    assert resp.json() == {
+        "annotation": f"{sandbox.api_url}/v1/annotations/{ann_id}",
+        "session_timeout": "01:00:00",
+    }
     ann = sandbox_client.get(f"/v1/annotations/{ann_id}").json()
     assert ann["status"] == "reviewing"
     assert ann["modifier"] == f"{sandbox.api_url}/v1/users/1"
@@ -30,8 +33,9 @@ def test_start_conflict(sandbox: SandboxServer, sandbox_client: httpx.Client) ->
     resp = sandbox_client.post(f"/v1/annotations/{ann_id}/start", json={"statuses": ["exported"]})
     assert resp.status_code == 200
     ready_id = ready(sandbox_client)
-    narrowed = sandbox_client.post(f"/v1/annotations/{ready_id}/start",
-                                   json={"statuses": ["postponed"]})
+    narrowed = sandbox_client.post(
+        f"/v1/annotations/{ready_id}/start", json={"statuses": ["postponed"]}
+    )
     assert narrowed.status_code == 409
 
 
@@ -44,8 +48,9 @@ def test_confirm_with_confirmed_state(sandbox: SandboxServer, sandbox_client: ht
     assert ann["confirmed_at"] is not None and ann["exported_at"] is None
 
 
-def test_confirm_without_confirmed_state_exports(sandbox: SandboxServer,
-                                                sandbox_client: httpx.Client) -> None:
+def test_confirm_without_confirmed_state_exports(
+    sandbox: SandboxServer, sandbox_client: httpx.Client
+) -> None:
     ann_id = ready(sandbox_client, queue=2)
     start_confirm(sandbox_client, ann_id)
     ann = sandbox_client.get(f"/v1/annotations/{ann_id}").json()
@@ -54,15 +59,17 @@ def test_confirm_without_confirmed_state_exports(sandbox: SandboxServer,
     assert ann["exported_at"] is not None
 
 
-def test_confirm_requires_start_by_caller(sandbox: SandboxServer,
-                                          sandbox_client: httpx.Client) -> None:
+def test_confirm_requires_start_by_caller(
+    sandbox: SandboxServer, sandbox_client: httpx.Client
+) -> None:
     ann_id = ready(sandbox_client)
     resp = sandbox_client.post(f"/v1/annotations/{ann_id}/confirm")
     assert resp.status_code == 409 and resp.json() == CONFLICT
     other = sandbox_client.post("/v1/users", json={"username": "op@x", "password": "pw"})
     assert other.status_code == 201
-    login = httpx.post(f"{sandbox.api_url}/v1/auth/login",
-                       json={"username": "op@x", "password": "pw"}).json()["key"]
+    login = httpx.post(
+        f"{sandbox.api_url}/v1/auth/login", json={"username": "op@x", "password": "pw"}
+    ).json()["key"]
     op = httpx.Client(base_url=sandbox.api_url, headers={"Authorization": f"Bearer {login}"})
     assert op.post(f"/v1/annotations/{ann_id}/start").status_code == 200
     assert sandbox_client.post(f"/v1/annotations/{ann_id}/confirm").status_code == 409
@@ -90,8 +97,9 @@ def test_cancel_postpone_delete(sandbox_client: httpx.Client) -> None:
 
 def test_reject(sandbox: SandboxServer, sandbox_client: httpx.Client) -> None:
     ann_id = ready(sandbox_client)
-    resp = sandbox_client.post(f"/v1/annotations/{ann_id}/reject",
-                               json={"note_content": "wrong vendor"})
+    resp = sandbox_client.post(
+        f"/v1/annotations/{ann_id}/reject", json={"note_content": "wrong vendor"}
+    )
     assert resp.status_code == 200
     body = resp.json()
     assert body["status"] == "rejected"
@@ -113,8 +121,12 @@ def test_patch_status_transitions(sandbox: SandboxServer, sandbox_client: httpx.
     back = sandbox_client.patch(f"/v1/annotations/{ann_id}", json={"status": "to_review"})
     assert back.json()["status"] == "to_review"
     for target in ("postponed", "deleted"):
-        assert sandbox_client.patch(f"/v1/annotations/{ann_id}",
-                                    json={"status": target}).json()["status"] == target
+        assert (
+            sandbox_client.patch(f"/v1/annotations/{ann_id}", json={"status": target}).json()[
+                "status"
+            ]
+            == target
+        )
     importing = sandbox.seed(queue=1, count=1, status="importing")[0]
     bad = sandbox_client.patch(f"/v1/annotations/{importing}", json={"status": "exported"})
     assert bad.status_code == 409 and bad.json() == CONFLICT
@@ -126,8 +138,9 @@ def test_patch_status_transitions(sandbox: SandboxServer, sandbox_client: httpx.
         assert resp.status_code == 400
 
 
-def test_patch_exporting_retries_export(sandbox: SandboxServer,
-                                        sandbox_client: httpx.Client) -> None:
+def test_patch_exporting_retries_export(
+    sandbox: SandboxServer, sandbox_client: httpx.Client
+) -> None:
     ann_id = sandbox.seed(queue=2, count=1, status="failed_export")[0]
     resp = sandbox_client.patch(f"/v1/annotations/{ann_id}", json={"status": "exporting"})
     assert resp.status_code == 200 and resp.json()["status"] == "exporting"
@@ -136,27 +149,39 @@ def test_patch_exporting_retries_export(sandbox: SandboxServer,
 
 def test_patch_messages_and_metadata(sandbox: SandboxServer, sandbox_client: httpx.Client) -> None:
     ann_id = sandbox.seed(queue=1, count=1, status="confirmed")[0]
-    msgs = [{"type": "error", "content": "ERP rejected the invoice"},
-            {"type": "info", "content": "x", "id": 5}]
-    resp = sandbox_client.patch(f"/v1/annotations/{ann_id}",
-                                json={"messages": msgs, "metadata": {"erp": "42"}})
+    msgs = [
+        {"type": "error", "content": "ERP rejected the invoice"},
+        {"type": "info", "content": "x", "id": 5},
+    ]
+    resp = sandbox_client.patch(
+        f"/v1/annotations/{ann_id}", json={"messages": msgs, "metadata": {"erp": "42"}}
+    )
     assert resp.status_code == 200
     assert resp.json()["messages"] == msgs and resp.json()["metadata"] == {"erp": "42"}
     assert resp.json()["modified_at"] is not None
-    too_long = sandbox_client.patch(f"/v1/annotations/{ann_id}",
-                                    json={"messages": [{"type": "error", "content": "x" * 4097}]})
+    too_long = sandbox_client.patch(
+        f"/v1/annotations/{ann_id}", json={"messages": [{"type": "error", "content": "x" * 4097}]}
+    )
     assert too_long.status_code == 400
-    assert sandbox_client.patch(f"/v1/annotations/{ann_id}",
-                                json={"messages": [{"type": "bogus", "content": "x"}]}
-                                ).status_code == 400
-    assert sandbox_client.patch(f"/v1/annotations/{ann_id}",
-                                json={"metadata": {"x": "y" * 5000}}).status_code == 400
+    assert (
+        sandbox_client.patch(
+            f"/v1/annotations/{ann_id}", json={"messages": [{"type": "bogus", "content": "x"}]}
+        ).status_code
+        == 400
+    )
+    assert (
+        sandbox_client.patch(
+            f"/v1/annotations/{ann_id}", json={"metadata": {"x": "y" * 5000}}
+        ).status_code
+        == 400
+    )
 
 
 def test_purge_deleted(sandbox: SandboxServer, sandbox_client: httpx.Client) -> None:
     ids = sandbox.seed(queue=1, count=2, status="deleted")
-    resp = sandbox_client.post("/v1/annotations/purge_deleted",
-                               json={"queue": f"{sandbox.api_url}/v1/queues/1"})
+    resp = sandbox_client.post(
+        "/v1/annotations/purge_deleted", json={"queue": f"{sandbox.api_url}/v1/queues/1"}
+    )
     assert resp.status_code == 202
     ann = sandbox_client.get(f"/v1/annotations/{ids[0]}").json()
     assert ann["status"] == "purged" and ann["purged_at"] is not None

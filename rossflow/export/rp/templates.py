@@ -319,9 +319,7 @@ async def _placeholder(
             # rossflow never ships credentials inside an encoded payload (they would escape
             # redaction): the hook's secrets and the Rossum token are left out.
             value = {
-                k: v
-                for k, v in value.items()
-                if k not in ("secrets", "rossum_authorization_token")
+                k: v for k, v in value.items() if k not in ("secrets", "rossum_authorization_token")
             }
         return _b64(_unwrap(value))
     return _unwrap(await resolve_path(match.group(3), scope, fetch=fetch, strict=strict))
