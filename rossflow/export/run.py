@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rossflow.rossum import RossumClient, chunked
 
-from .replay import refusal_reports, select_for_replay
-
 if TYPE_CHECKING:  # kept light: the benchmark's baseline uses in_flight() alone
     from rossflow.ledger import Ledger
 
@@ -121,6 +119,8 @@ async def export_pages(
     ``failed_export`` ones (``exported`` only with ``force``); the rest is refused into
     ``replay`` (see :mod:`.replay`)."""
     if annotation_ids:
+        from .replay import refusal_reports, select_for_replay  # the baseline never replays
+
         for chunk in chunked(list(annotation_ids), batch_size):
             items = await client.export(queue_id, ids=chunk)
             chosen = select_for_replay(items, chunk, force=force, ledger=ledger)
