@@ -41,13 +41,15 @@ from .errors import ConfigError, StepError, redact
 from .extract import build_response_record
 from .loading import load_pipeline
 from .placeholders import required_secrets
-from .rp.preview import preview_rp_step
-from .steps import (
+from .rest_request import (
     PreparedRequest,
-    plan_file_storage,
     prepare_auth_request,
     prepare_request,
     rest_gate,
+)
+from .rp.preview import preview_rp_step
+from .steps import (
+    plan_file_storage,
     run_evaluate_step,
     run_template_step,
     step_enabled,

@@ -40,8 +40,7 @@ from .config import AuthConfig, Idempotency, PipelineConfig, RestRequest, RestSt
 from .context import ExportContext
 from .errors import DeliveryError, StepError
 from .extract import build_response_record
-from .soap import soap_fault
-from .steps import (
+from .rest_request import (
     PreparedRequest,
     apply_response,
     prepare_auth_request,
@@ -49,6 +48,7 @@ from .steps import (
     rest_gate,
     token_from_auth_response,
 )
+from .soap import soap_fault
 from .targets import Targets
 
 # Largest reply body kept in the ledger for reuse on a rerun (larger ones are truncated).

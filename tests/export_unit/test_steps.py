@@ -26,19 +26,21 @@ from rossflow.export.context import ExportContext
 from rossflow.export.errors import DeliveryError, EvaluationFailed, ExtractionError, StepError
 from rossflow.export.extract import build_response_record
 from rossflow.export.loading import load_pipeline
-from rossflow.export.steps import (
-    annotation_content_bytes,
+from rossflow.export.rest_request import (
     apply_response,
-    plan_file_storage,
     prepare_auth_request,
     prepare_request,
     rest_gate,
+    token_from_auth_response,
+)
+from rossflow.export.steps import (
+    annotation_content_bytes,
+    plan_file_storage,
     run_clean_step,
     run_evaluate_step,
     run_extract_step,
     run_template_step,
     step_enabled,
-    token_from_auth_response,
 )
 from tests.export_unit.conftest import PDF_BYTES
 

@@ -16,13 +16,13 @@ from rossflow.export.config import CodeStep, RestStep, SoapStep
 from rossflow.export.context import ExportContext
 from rossflow.export.errors import ConfigError
 from rossflow.export.loading import load_pipeline
-from rossflow.export.soap import soap_fault, soap_headers
-from rossflow.export.steps import (
+from rossflow.export.rest_request import (
     apply_response,
     encode_multipart,
     prepare_auth_request,
     prepare_request,
 )
+from rossflow.export.soap import soap_fault, soap_headers
 from rossflow.export.templating import RenderedFile
 
 API = "https://acme.rossum.app/api/v1"
