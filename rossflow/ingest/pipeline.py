@@ -43,7 +43,8 @@ from rossflow.ingest.report import IngestReport
 from rossflow.ingest.rules import RoutingRule, RuleSet
 from rossflow.ingest.sources import Source, SpooledContent
 from rossflow.ingest.state import IngestState, RunOwner, owner_is_stale
-from rossflow.ingest.uploads import Uploader, build_group_metadata, plan_uploads
+from rossflow.ingest.upload_groups import build_group_metadata, plan_uploads
+from rossflow.ingest.uploads import Uploader
 from rossflow.ingest.validation import check_content, check_name, check_size
 from rossflow.ledger import Ledger
 from rossflow.rossum import RossumClient

@@ -96,7 +96,7 @@ def uploads_by_sha(client: httpx.Client) -> dict[str, int]:
 def file_meta(client: httpx.Client, ann: dict[str, Any]) -> dict[str, Any]:
     """The ingest's identification of the file behind ``ann`` (uploaded alone or with
     others: then its entry in ``metadata.files``, picked by its document's name)."""
-    from rossflow.ingest.uploads import file_metadata
+    from rossflow.ingest.upload_groups import file_metadata
 
     meta = ann.get("metadata") or {}
     if "files" not in meta:
