@@ -38,8 +38,15 @@ from rossflow.redaction import Redactor
 from .batch import DocState
 from .config import AuthConfig, Idempotency, PipelineConfig, RestRequest, RestStep, SoapStep
 from .context import ExportContext
-from .errors import DeliveryError, StepError
+from .errors import DeliveryError
 from .extract import build_response_record
+from .reconcile import (
+    add_unknown_hint,
+    outcome_unknown,
+    record_from_ledger,
+    result_from_record,
+    small_record,
+)
 from .rest_request import (
     PreparedRequest,
     apply_response,
@@ -50,9 +57,6 @@ from .rest_request import (
 )
 from .soap import soap_fault
 from .targets import Targets
-
-# Largest reply body kept in the ledger for reuse on a rerun (larger ones are truncated).
-MAX_RECORDED_REPLY = 256 * 1024
 
 Store = Callable[[DocState, str, list[tuple[str, bytes]]], Awaitable[None]]
 
@@ -234,10 +238,10 @@ class RestSender:
         maybe_processed = False
         found: dict[str, Any] | None = None
         if done is not None and "record" in done.result:
-            record = _record_from_ledger(done.result["record"])
+            record = record_from_ledger(done.result["record"])
             state = "already_delivered"
         else:
-            unknown = _outcome_unknown(prior)
+            unknown = outcome_unknown(prior)
             if unknown and mode == "reconcile":
                 found = await self._reconcile(step, doc, endpoint, key, auth, secrets, (unknown,))
             elif unknown and mode == "none" and endpoint.method == "POST":
@@ -275,7 +279,7 @@ class RestSender:
         )
         if state != "already_delivered":
             result: dict[str, Any] = {
-                "record": _small_record(record, self.redactor),
+                "record": small_record(record, self.redactor),
                 "http_status": outcome.http_status,
             }
             if outcome.status == "error":
@@ -299,7 +303,7 @@ class RestSender:
             # A POST whose failed attempts may have been processed may have created the
             # document: say so, or an operator's retry may book it twice.
             if uncertain:
-                _add_unknown_hint(outcome.error, step, doc, mode)
+                add_unknown_hint(outcome.error, step, doc, mode)
                 outcome.error.mark_delivery(uncertain=True, attempts=history)
             elif int(record["status_code"]) >= 400:
                 outcome.error.mark_delivery(uncertain=False, attempts=history)
@@ -346,7 +350,7 @@ class RestSender:
             if found is None:
                 return None
             adopted.append(found)
-            return _result_from_record(found)
+            return result_from_record(found)
 
         guard: dict[str, Any] = {}
         if mode == "reconcile":
@@ -399,7 +403,7 @@ class RestSender:
                 retryable=True,
             )
             if uncertain:
-                _add_unknown_hint(error, step, doc, mode)
+                add_unknown_hint(error, step, doc, mode)
             error.mark_delivery(
                 uncertain=uncertain,
                 attempts=[self.redactor(a) for a in history],
@@ -492,7 +496,7 @@ class RestSender:
         error = DeliveryError(
             problem, step=step.name, target=endpoint.display_name, secrets=self.redactor
         )
-        _add_unknown_hint(error, step, doc, "reconcile")
+        add_unknown_hint(error, step, doc, "reconcile")
         error.mark_delivery(uncertain=True, attempts=[self.redactor(a) for a in attempts])
         raise error
 
@@ -512,45 +516,9 @@ class RestSender:
             target=endpoint.display_name,
             secrets=self.redactor,
         )
-        _add_unknown_hint(error, step, doc, "none")
+        add_unknown_hint(error, step, doc, "none")
         error.mark_delivery(uncertain=True, attempts=attempts)
         raise error
-
-
-def _outcome_unknown(prior: Any) -> str | None:
-    """Why an earlier call of this effect may have been processed, or None if it was not."""
-    if prior is None:
-        return None
-    if prior.state == "started":
-        return "an earlier run stopped while the call was in flight"
-    if prior.state == "failed" and prior.result.get("uncertain"):
-        return "an earlier attempt may have been processed"
-    return None
-
-
-def _add_unknown_hint(error: StepError, step: RestStep, doc: DocState, mode: str) -> None:
-    """What to check in the ERP and how to tell rossflow the answer."""
-    if "rossflow ledger mark" in error.reason:
-        return
-    what = f"annotation {doc.annotation_id}"
-    where = f" (lookup: {step.lookup.url})" if step.lookup is not None else ""
-    error.reason = (
-        f"{error.reason}; idempotency: {mode}. Check in the ERP whether {what} was booked"
-        f"{where}, then run `rossflow ledger mark --annotation {doc.annotation_id} --step "
-        f"{step.name} delivered` (or `not-delivered`) and replay the annotation"
-    )
-
-
-def _result_from_record(record: Mapping[str, Any]) -> rest_delivery.DeliveryResult:
-    """A record a lookup found, as the delivery result ``deliver`` returns instead."""
-    return rest_delivery.DeliveryResult(
-        status_code=int(record["status_code"]),
-        headers=[tuple(h) for h in record.get("raw") or []],  # type: ignore[misc]
-        body=str(record.get("text") or "").encode(),
-        elapsed_s=float(record.get("elapsed_s") or 0.0),
-        attempts=1,
-        url=str(record.get("url") or ""),
-    )
 
 
 def _sha(data: bytes) -> str:
@@ -593,30 +561,6 @@ def _with_params(url: str, params: Mapping[str, str]) -> str:
     if not params:
         return url
     return str(httpx.URL(url).copy_merge_params(dict(params)))
-
-
-def _small_record(record: Mapping[str, Any], redactor: Redactor) -> dict[str, Any]:
-    """Reply record as stored in the ledger (what later steps need on a rerun), redacted."""
-    text = str(record.get("text") or "")
-    if len(text) > MAX_RECORDED_REPLY:
-        text = text[:MAX_RECORDED_REPLY]
-    return {
-        "status_code": record.get("status_code"),
-        "raw": redactor.data(list(record.get("raw") or [])),
-        "text": redactor(text),
-        "url": redactor(str(record.get("url") or "")) or None,
-        "elapsed_s": record.get("elapsed_s"),
-    }
-
-
-def _record_from_ledger(stored: Mapping[str, Any]) -> dict[str, Any]:
-    return build_response_record(
-        int(stored["status_code"]),
-        [tuple(h) for h in stored.get("raw") or []],
-        str(stored.get("text") or "").encode(),
-        url=stored.get("url"),
-        elapsed_s=stored.get("elapsed_s"),
-    )
 
 
 def _preview(req: PreparedRequest) -> bytes:
