@@ -7,6 +7,10 @@ exponential backoff and jitter (``Retry-After`` wins). Non-2xx answers are *retu
 whether a 409 or a 422 means success, a business error or a retry is the caller's evaluator's call.
 Only a transport failure that outlives the retries raises :class:`DeliveryError`.
 
+Request bodies are in :mod:`~rossflow.delivery.rest_bodies`, the result and error in
+:mod:`~rossflow.delivery.rest_result`, the OAuth2 token cache in
+:mod:`~rossflow.delivery.rest_auth`.
+
 Usage::
 
     endpoint = RestEndpoint(url="https://erp.example.com/api/invoices", auth=BearerAuth(token=t))
@@ -20,22 +24,25 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import hashlib
-import json
 import ssl
-import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from rossflow.delivery.rest_auth import (
+    TOKEN_CACHE,
+    OAuth2TokenCache,
+    RetryableTokenError,
+    basic_header,
+)
+from rossflow.delivery.rest_bodies import RequestBody
+from rossflow.delivery.rest_result import DeliveryError, DeliveryResult
 from rossflow.http import (
     RetryPolicy,
     Timeouts,
@@ -164,59 +171,6 @@ class RestEndpoint(_Model):
         return f"{self.name} ({url})" if self.name and self.name != url else url
 
 
-# --------------------------------------------------------------------------------------------
-# Bodies
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class JsonBody:
-    """Serialized once, compactly, so the bytes sent are the bytes hashed."""
-
-    data: Any
-
-    def request_kwargs(self) -> dict[str, Any]:
-        content = json.dumps(self.data, ensure_ascii=False, separators=(",", ":")).encode()
-        return {"content": content, "headers": {"Content-Type": "application/json"}}
-
-
-@dataclass(frozen=True)
-class RawBody:
-    """Bytes as they are, e.g. an XML or CSV export."""
-
-    content: bytes
-    content_type: str = "application/octet-stream"
-
-    def request_kwargs(self) -> dict[str, Any]:
-        return {"content": self.content, "headers": {"Content-Type": self.content_type}}
-
-
-@dataclass(frozen=True)
-class FormBody:
-    fields: Mapping[str, str]
-
-    def request_kwargs(self) -> dict[str, Any]:
-        return {"data": dict(self.fields)}
-
-
-@dataclass(frozen=True)
-class MultipartBody:
-    """One file part plus optional plain fields (``multipart/form-data``)."""
-
-    content: bytes
-    filename: str
-    content_type: str = "application/octet-stream"
-    field_name: str = "file"
-    fields: Mapping[str, str] = field(default_factory=dict)
-
-    def request_kwargs(self) -> dict[str, Any]:
-        return {
-            "files": {self.field_name: (self.filename, self.content, self.content_type)},
-            "data": dict(self.fields),
-        }
-
-
-RequestBody = JsonBody | RawBody | FormBody | MultipartBody
-
-
 def idempotency_key(annotation_id: int | str, target: str, payload: bytes) -> str:
     """Stable key for one (document, target, payload): same export -> same key -> no duplicate.
 
@@ -228,197 +182,8 @@ def idempotency_key(annotation_id: int | str, target: str, payload: bytes) -> st
     return hashlib.sha256(material).hexdigest()
 
 
-# --------------------------------------------------------------------------------------------
-# Results and errors
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DeliveryResult:
-    """What the target answered to the last attempt (any status: the caller judges it)."""
-
-    status_code: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    elapsed_s: float
-    attempts: int
-    url: str
-    idempotency_key: str | None = None
-    # What each attempt ended in ("HTTP 503", "ReadTimeout (…)"), and whether one that failed
-    # may have reached the target and been processed (timeout, 5xx, dropped connection).
-    history: tuple[str, ...] = ()
-    maybe_processed: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status_code < 300
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        return next((v for k, v in self.headers if k.lower() == name), None)
-
-
-class DeliveryError(Exception):
-    """The target could not be reached (or refused our credentials) despite retries.
-
-    The message names the method, URL (without credentials), attempts and cause; never secrets.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        url: str,
-        method: str = "POST",
-        attempts: int = 0,
-        cause: BaseException | None = None,
-        history: tuple[str, ...] = (),
-        maybe_processed: bool = False,
-    ) -> None:
-        self.url = safe_url(url)
-        self.method = method
-        self.attempts = attempts
-        self.cause = cause
-        self.history = history
-        self.maybe_processed = maybe_processed
-        super().__init__(message)
-
-
 #: Awaited before a resend of an attempt the target may have processed (see :func:`deliver`).
 BeforeResend = Callable[[tuple[str, ...]], Awaitable[DeliveryResult | None]]
-
-
-class _RetryableTokenError(Exception):
-    """Token endpoint answered 429/5xx: retried like a transport error."""
-
-
-# --------------------------------------------------------------------------------------------
-# OAuth2 token cache
-# --------------------------------------------------------------------------------------------
-_TokenKey = tuple[str, str, str]
-
-
-class OAuth2TokenCache:
-    """Process-wide cache of client-credentials tokens, keyed by (token_url, client_id, scope).
-
-    Thread-safe: the dict is guarded by a lock; concurrent refreshes are collapsed per event loop
-    (coroutines of one loop wait for the first fetch). Tokens are refreshed ``skew`` before they
-    expire (10 % of their lifetime, at most 60 s) and whenever a request using them got a 401.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tokens: dict[_TokenKey, tuple[str, float]] = {}
-        self._loop_locks: dict[
-            _TokenKey, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
-        ] = {}
-        self.fetches = 0
-
-    @staticmethod
-    def key(auth: OAuth2ClientCredentials) -> _TokenKey:
-        return (auth.token_url, auth.client_id, auth.scope or "")
-
-    def _cached(self, key: _TokenKey) -> str | None:
-        with self._lock:
-            entry = self._tokens.get(key)
-        if entry and entry[1] > time.monotonic():
-            return entry[0]
-        return None
-
-    def _loop_lock(self, key: _TokenKey) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            locks = self._loop_locks.setdefault(key, weakref.WeakKeyDictionary())
-            lock = locks.get(loop)
-            if lock is None:
-                lock = locks[loop] = asyncio.Lock()
-            return lock
-
-    def invalidate(self, auth: OAuth2ClientCredentials, token: str | None = None) -> None:
-        """Drop the cached token (only if it is still ``token``, when given)."""
-        key = self.key(auth)
-        with self._lock:
-            entry = self._tokens.get(key)
-            if entry and (token is None or entry[0] == token):
-                del self._tokens[key]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._tokens.clear()
-
-    async def get(self, client: httpx.AsyncClient, auth: OAuth2ClientCredentials) -> str:
-        key = self.key(auth)
-        token = self._cached(key)
-        if token:
-            return token
-        async with self._loop_lock(key):
-            token = self._cached(key)
-            if token:
-                return token
-            token, expires_in = await self._fetch(client, auth)
-            skew = min(60.0, expires_in * 0.1)
-            with self._lock:
-                self._tokens[key] = (token, time.monotonic() + expires_in - skew)
-                self.fetches += 1
-            return token
-
-    @staticmethod
-    async def _fetch(client: httpx.AsyncClient, auth: OAuth2ClientCredentials) -> tuple[str, float]:
-        data: dict[str, str] = {"grant_type": "client_credentials", **auth.extra}
-        if auth.scope:
-            data["scope"] = auth.scope
-        headers = {"Accept": "application/json"}
-        secret = auth.client_secret.get_secret_value()
-        if auth.client_auth == "basic":
-            headers["Authorization"] = _basic_header(auth.client_id, secret)
-        else:
-            data.update(client_id=auth.client_id, client_secret=secret)
-        response = await client.post(auth.token_url, data=data, headers=headers)
-        where = f"OAuth2 token request to {safe_url(auth.token_url)} (client_id {auth.client_id})"
-        if response.status_code == 429 or response.status_code >= 500:
-            raise _RetryableTokenError(f"{where} answered HTTP {response.status_code}")
-        if response.status_code != 200:
-            error = _oauth_error(response)
-            raise DeliveryError(
-                f"{where} failed: HTTP {response.status_code}{error}",
-                url=auth.token_url,
-                attempts=1,
-            )
-        try:
-            payload = response.json()
-            token = str(payload["access_token"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DeliveryError(
-                f"{where} returned no access_token", url=auth.token_url, attempts=1, cause=exc
-            ) from exc
-        try:
-            expires_in = float(payload.get("expires_in") or 3600)
-        except (TypeError, ValueError):
-            expires_in = 3600.0
-        return token, expires_in
-
-
-def _basic_header(username: str, password: str) -> str:
-    pair = f"{username}:{password}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
-
-
-def _oauth_error(response: httpx.Response) -> str:
-    try:
-        payload = response.json()
-    except ValueError:
-        return ""
-    if isinstance(payload, dict) and payload.get("error"):
-        return f" ({payload['error']})"
-    return ""
-
-
-TOKEN_CACHE = OAuth2TokenCache()
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,7 +220,7 @@ async def _auth_headers(
     """Headers for ``auth``; second item is the OAuth2 token used (to invalidate on 401)."""
     if isinstance(auth, BasicAuth):
         return {
-            "Authorization": _basic_header(auth.username, auth.password.get_secret_value())
+            "Authorization": basic_header(auth.username, auth.password.get_secret_value())
         }, None
     if isinstance(auth, BearerAuth):
         return {"Authorization": f"Bearer {auth.token.get_secret_value()}"}, None
@@ -538,10 +303,10 @@ async def deliver(
             response = await client.request(
                 endpoint.method, target_url, headers=request_headers, **kwargs
             )
-        except (httpx.TransportError, _RetryableTokenError) as exc:
+        except (httpx.TransportError, RetryableTokenError) as exc:
             history.append(_describe(exc, endpoint))
             # a refused token request means the request itself was never sent
-            sent_it = not isinstance(exc, _RetryableTokenError) and may_have_arrived(exc)
+            sent_it = not isinstance(exc, RetryableTokenError) and may_have_arrived(exc)
             maybe_processed = maybe_processed or sent_it
             # the Idempotency-Key makes any method safe to repeat
             retry = policy.retry_error(exc, attempt=policy_attempt, idempotent=True)
@@ -650,7 +415,7 @@ async def fetch(
             for extra in (headers or {}, auth_headers):
                 request_headers.update(extra)
             response = await client.request(method, url, headers=request_headers)
-        except (httpx.TransportError, _RetryableTokenError) as exc:
+        except (httpx.TransportError, RetryableTokenError) as exc:
             if not policy.retry_error(exc, attempt=attempt, idempotent=True):
                 raise DeliveryError(
                     f"{method} {safe_url(url)} failed after {attempt} attempt(s): "

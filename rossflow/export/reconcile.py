@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rossflow.delivery import rest as rest_delivery
+from rossflow.delivery.rest_result import DeliveryResult
 from rossflow.redaction import Redactor
 
 from .batch import DocState
@@ -55,9 +55,9 @@ def add_unknown_hint(error: StepError, step: RestStep, doc: DocState, mode: str)
     )
 
 
-def result_from_record(record: Mapping[str, Any]) -> rest_delivery.DeliveryResult:
+def result_from_record(record: Mapping[str, Any]) -> DeliveryResult:
     """A record a lookup found, as the delivery result ``deliver`` returns instead."""
-    return rest_delivery.DeliveryResult(
+    return DeliveryResult(
         status_code=int(record["status_code"]),
         headers=[tuple(h) for h in record.get("raw") or []],  # type: ignore[misc]
         body=str(record.get("text") or "").encode(),

@@ -24,13 +24,18 @@ import jmespath
 
 from rossflow.delivery import rest as rest_delivery
 from rossflow.delivery.rest import (
+    RestEndpoint,
+    RestRetryPolicy,
+)
+from rossflow.delivery.rest_bodies import (
     FormBody,
     JsonBody,
     MultipartBody,
     RawBody,
-    RestEndpoint,
-    RestRetryPolicy,
+    RequestBody,
 )
+from rossflow.delivery.rest_result import DeliveryError as RestDeliveryError
+from rossflow.delivery.rest_result import DeliveryResult
 from rossflow.http import Timeouts, join_url
 from rossflow.ledger import EffectBusy, Ledger
 from rossflow.redaction import Redactor
@@ -177,7 +182,7 @@ class RestSender:
                         headers=req.headers,
                         redactor=self.redactor,
                     )
-                except rest_delivery.DeliveryError as exc:
+                except RestDeliveryError as exc:
                     raise DeliveryError(
                         f"authentication request failed: {exc}",
                         step=step.name,
@@ -343,7 +348,7 @@ class RestSender:
         body = _body_for(req)
         adopted: list[dict[str, Any]] = []
 
-        async def before_resend(attempts: tuple[str, ...]) -> rest_delivery.DeliveryResult | None:
+        async def before_resend(attempts: tuple[str, ...]) -> DeliveryResult | None:
             found = await self._reconcile(
                 step, doc, endpoint, key, auth, secrets, history + attempts
             )
@@ -382,7 +387,7 @@ class RestSender:
                     redactor=self.redactor,
                     **guard,
                 )
-        except rest_delivery.DeliveryError as exc:
+        except RestDeliveryError as exc:
             history += exc.history
             maybe_processed = maybe_processed or exc.maybe_processed
             uncertain = endpoint.method == "POST" and maybe_processed
@@ -467,7 +472,7 @@ class RestSender:
                 headers=headers,
                 redactor=self.redactor,
             )
-        except rest_delivery.DeliveryError as exc:
+        except RestDeliveryError as exc:
             problem = f"the reconcile lookup failed: {exc}"
         else:
             if not reply.ok:
@@ -539,7 +544,7 @@ def _request_bytes(req: PreparedRequest) -> bytes:
     return b"\0".join(parts)
 
 
-def _body_for(req: PreparedRequest) -> rest_delivery.RequestBody:
+def _body_for(req: PreparedRequest) -> RequestBody:
     if req.files:
         field_name, (filename, data, ctype) = next(iter(req.files.items()))
         return MultipartBody(

@@ -12,19 +12,25 @@ from rossflow.delivery.rest import (
     ApiKeyAuth,
     BasicAuth,
     BearerAuth,
-    DeliveryError,
-    FormBody,
-    JsonBody,
-    MultipartBody,
     OAuth2ClientCredentials,
-    OAuth2TokenCache,
-    RawBody,
     RestEndpoint,
     RestRetryPolicy,
     deliver,
     deliver_once,
     idempotency_key,
     open_rest_client,
+)
+from rossflow.delivery.rest_auth import (
+    OAuth2TokenCache,
+)
+from rossflow.delivery.rest_bodies import (
+    FormBody,
+    JsonBody,
+    MultipartBody,
+    RawBody,
+)
+from rossflow.delivery.rest_result import (
+    DeliveryError,
 )
 from rossflow.http import Timeouts
 from rossflow.localstack.erp import ErpServer

@@ -23,12 +23,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rossflow.delivery.rest import (
-    DeliveryError,
-    JsonBody,
     RestEndpoint,
     RestRetryPolicy,
     TlsConfig,
     deliver_once,
+)
+from rossflow.delivery.rest_bodies import (
+    JsonBody,
+)
+from rossflow.delivery.rest_result import (
+    DeliveryError,
 )
 from rossflow.localstack.erp import ErpState, create_app
 
