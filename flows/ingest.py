@@ -25,8 +25,8 @@ from pydantic import Field
 from blocks.rossum import RossumCredentials
 from blocks.sources import IngestSource
 from rossflow.ingest.model import IngestOptions
-from rossflow.ingest.pipeline import IngestRuntime
 from rossflow.ingest.rules import RoutingRule
+from rossflow.ingest.runtime import IngestRuntime
 from tasks.ingest import (
     Batch,
     check_status,

@@ -21,8 +21,8 @@ from prefect.cache_policies import NO_CACHE
 
 from rossflow.ingest import pipeline
 from rossflow.ingest.model import FileItem
-from rossflow.ingest.pipeline import IngestRuntime
 from rossflow.ingest.report import IngestReport
+from rossflow.ingest.runtime import IngestRuntime
 from rossflow.ingest.status import StatusReport, track_status, uploads_from_ledger
 from rossflow.ledger import Ledger
 from rossflow.rossum import RossumClient

@@ -21,7 +21,6 @@ from rossflow.ingest.model import (
     IngestOptions,
 )
 from rossflow.ingest.pipeline import (
-    IngestRuntime,
     batched,
     claim,
     discover,
@@ -35,6 +34,7 @@ from rossflow.ingest.pipeline import (
 )
 from rossflow.ingest.report import IngestReport
 from rossflow.ingest.rules import ResultAction, ResultActions, RoutingRule, RuleSet
+from rossflow.ingest.runtime import IngestRuntime
 from rossflow.ingest.sources import S3Source, SftpSource, Source, SourceLayout
 from rossflow.ingest.state import IngestState, RunOwner
 from rossflow.ingest.status import StatusReport, Tracked, track_status, uploads_from_ledger
