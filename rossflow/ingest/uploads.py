@@ -1,5 +1,10 @@
 """Upload with dedupe and crash reconciliation: the same content never reaches a queue twice.
 
+One concept, one module (over 600 lines on purpose): the :class:`Uploader` is the state machine
+of one file's upload (ledger intent → send → task → upload object → adopt or reconcile) and its
+methods share that state; grouping files into multi-file uploads lives in
+:mod:`rossflow.ingest.upload_groups`.
+
 Every upload has a *dedupe key* ``ingest:<rossum host>:<queue id>:<sha256>`` in the durable
 :class:`~rossflow.ledger.Ledger` (kind ``ingest-upload``):
 
