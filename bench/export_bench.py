@@ -99,6 +99,7 @@ steps:
 
 LABELS = {
     "flow": "flow (Prefect)",
+    "engine": "engine (no Prefect)",
     "direct": "(a) asyncio+httpx",
     "onebyone": "(b) one-by-one",
 }
@@ -189,6 +190,70 @@ def child_flow(spec: dict[str, Any]) -> None:
             state_dir=spec["state_dir"],
         )
     )
+    t_done = time.monotonic()
+    _child_result(spec, window, counts, t_start, t_call, t_done)
+
+
+def child_engine(spec: dict[str, Any]) -> None:
+    """The flow's run loop and engine without Prefect (``rossflow.export.run``): Prefect's share
+    of the flow's cost is the difference between this variant and ``flow``."""
+    t_start = time.monotonic()
+    from blocks import RestTarget
+    from rossflow.artifacts import ArtifactStore
+    from rossflow.export.engine import ExportEngine
+    from rossflow.export.loading import load_pipeline
+    from rossflow.export.run import engine_steps, run_export
+    from rossflow.export.targets import Targets
+    from rossflow.ledger import Ledger
+    from rossflow.rossum import RossumClient
+
+    window = _Window()
+    original = RossumClient._send
+
+    async def timed_send(self: Any, *args: Any, **kwargs: Any) -> Any:
+        window.start()
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            window.end()
+
+    RossumClient._send = timed_send  # type: ignore[method-assign]
+
+    async def run() -> dict[str, int]:
+        from rossflow.export.run import count_outcomes
+
+        config = load_pipeline(Path(spec["pipeline"]))
+        state = Path(spec["state_dir"])
+        client = RossumClient(
+            spec["api_url"],
+            username=SANDBOX_USERNAME,
+            password=SANDBOX_PASSWORD,
+            rate_limit_per_s=spec["rate"],
+        )
+        targets = Targets(rest={ERP_BLOCK: RestTarget(base_url=spec["erp_url"], max_attempts=3)})
+        async with (
+            client,
+            ExportEngine(
+                config,
+                client,
+                ledger=Ledger(state / "ledger.db"),
+                artifacts=ArtifactStore(state / "artifacts"),
+                targets=targets,
+                concurrency=spec["concurrency"],
+            ) as engine,
+        ):
+            reports = await run_export(
+                client,
+                [QUEUE],
+                [s.name for s in config.topological_order()],
+                engine_steps(engine),
+                batch_size=spec["batch_size"],
+                batches_in_flight=spec["batches_in_flight"],
+            )
+        return count_outcomes(reports)
+
+    t_call = time.monotonic()
+    counts = asyncio.run(run())
     t_done = time.monotonic()
     _child_result(spec, window, counts, t_start, t_call, t_done)
 
@@ -423,12 +488,16 @@ def child_blocks(spec: dict[str, Any]) -> None:
 
 def run_child(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child", required=True, choices=["flow", "direct", "onebyone", "blocks"])
+    parser.add_argument(
+        "--child", required=True, choices=["flow", "engine", "direct", "onebyone", "blocks"]
+    )
     parser.add_argument("--spec", required=True)
     args = parser.parse_args(argv)
     spec = json.loads(Path(args.spec).read_text())
     if args.child == "flow":
         child_flow(spec)
+    elif args.child == "engine":
+        child_engine(spec)
     elif args.child == "blocks":
         child_blocks(spec)
     else:
@@ -523,8 +592,26 @@ class Bench:
     def child(self, kind: str, spec: dict[str, Any], env: dict[str, str]) -> Any:
         path = Path(spec["dir"]) / "spec.json"
         path.write_text(json.dumps(spec))
+        argv = [sys.executable, "-m", "bench.export_bench", "--child", kind, "--spec", str(path)]
+        if self.args.profile and kind != "blocks":
+            out = Path(self.args.profile) / f"{Path(spec['dir']).name}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            argv = [
+                "py-spy",
+                "record",
+                "--gil",
+                "--format",
+                "raw",
+                "--rate",
+                "250",
+                "-o",
+                str(out),
+                "--",
+            ]
+            argv += [sys.executable, "-m", "bench.export_bench", "--child", kind]
+            argv += ["--spec", str(path)]
         return run_measured(
-            [sys.executable, "-m", "bench.export_bench", "--child", kind, "--spec", str(path)],
+            argv,
             env=env,
             timeout=self.args.timeout,
             log_path=Path(spec["dir"]) / "child.log",
@@ -918,6 +1005,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--no-warmup", action="store_true", help="skip the unmeasured warm-ups")
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="run each measured child under py-spy (collapsed stacks in DIR; timings then "
+        "include the sampler's cost: profile runs are for the where, not the how fast)",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="hard limit per run (s)")
     args = parser.parse_args(argv)
     args.ns = [200] if args.quick and not args.n else (args.n or [1000, 10000])
@@ -970,6 +1063,12 @@ def main(argv: list[str] | None = None) -> int:
                     args.rate,
                     note=f"measured over {args.onebyone_limited_n} docs; as above, {same_rate}",
                 )
+            if "engine" in args.variant_set:
+                if not args.no_warmup:
+                    bench.log("warm-up (not measured)")
+                    bench.run("engine", 100, None, keep=False)
+                for rate in rates:
+                    bench.run_sizes("engine", args.ns, rate)
             if "flow" in args.variant_set:
                 bench.log("starting the Prefect server")
                 bench.prefect = start_prefect_server(log_dir=Path(tmp))
@@ -983,7 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
             for svc in (bench.prefect, bench.erp, bench.sandbox):
                 if svc is not None:
                     svc.stop()
-    order = {"flow": 0, "direct": 1, "onebyone": 2}
+    order = {"flow": 0, "engine": 1, "direct": 2, "onebyone": 3}
     results = sorted(bench.results, key=lambda r: (r.rate or 0, order[r.kind], r.n))
     print(report(results, args, bench.skipped))
     print(f"total benchmark time: {time.monotonic() - started:.0f} s")

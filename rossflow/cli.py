@@ -40,6 +40,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "register the annotation_content.export hook in Rossum for a queue (export-event mode)",
     ),
     "ledger": ("rossflow.ledger_cli", "run", "show deliveries; mark one delivered/not-delivered"),
+    "artifacts": (
+        "rossflow.artifacts_cli",
+        "run",
+        "list, show or export what the export stored per annotation (requests, replies)",
+    ),
     "sandbox": ("sandbox.cli", "run", "run the local Rossum-compatible API server"),
     "erp": ("rossflow.localstack.erp", "run", "run the local ERP stand-in (HTTP)"),
     "sftp": ("rossflow.localstack.sftp_server", "run", "run a local SFTP server"),

@@ -117,22 +117,31 @@ class DocReport:
 class ArtifactWriter:
     """Stores rendered files, requests and replies of documents, with the run's secrets masked.
 
-    Writes happen off the event loop (file-system calls would otherwise stall every document
-    in flight); two threads keep the order of writes of one document (each awaits its write)
-    and bound the pool.
+    ``store`` only queues; ``flush`` writes what is queued in one transaction, off the event
+    loop. The engine flushes at the end of every step of a batch, so a batch's artifacts cost
+    one write per step instead of one per document and file (see :mod:`rossflow.artifacts`).
     """
 
     def __init__(self, artifacts: ArtifactStore, redactor: Redactor) -> None:
         self.artifacts = artifacts
         self.redactor = redactor
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rossflow-artifacts")
+        self._pending: list[tuple[int, str, str, bytes]] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rossflow-artifacts")
 
     async def store(self, doc: DocState, step: str, files: list[tuple[str, bytes]]) -> None:
-        def put() -> None:
-            redacted = [(name, self.redactor.bytes(data)) for name, data in files]
-            self.artifacts.put_many(doc.annotation_id, step, redacted)
+        self._pending += [(doc.annotation_id, step, name, data) for name, data in files]
 
-        await asyncio.get_running_loop().run_in_executor(self._pool, put)
+    def _write(self, rows: list[tuple[int, str, str, bytes]]) -> None:
+        # redacted here, when written: the secrets a step learns (tokens) are known by then
+        self.artifacts.put_rows([(a, s, n, self.redactor.bytes(d)) for a, s, n, d in rows])
+
+    async def flush(self) -> None:
+        rows, self._pending = self._pending, []
+        if rows:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._write, rows)
 
     def close(self) -> None:
+        rows, self._pending = self._pending, []
+        if rows:
+            self._write(rows)
         self._pool.shutdown(wait=True)

@@ -253,7 +253,10 @@ class ExportEngine:
                         self.redactor(doc.error.message()),
                     )
 
-        await asyncio.gather(*(one(d) for d in batch.docs))
+        try:
+            await asyncio.gather(*(one(d) for d in batch.docs))
+        finally:
+            await self.writer.flush()
         return counts
 
     async def _run_for_doc(self, step: Any, doc: DocState) -> bool:

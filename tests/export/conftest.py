@@ -29,6 +29,15 @@ def datapoint(content: list[dict[str, Any]], schema_id: str) -> dict[str, Any] |
     return None
 
 
+def stored_artifacts(root: Path) -> dict[str, bytes]:
+    """Every artifact the runs stored under ``root`` (``<state>/artifacts``), by reference."""
+    store = ArtifactStore(root)
+    try:
+        return {info.ref: store.get(info.ref) for info in store.listing()}
+    finally:
+        store.close()
+
+
 @dataclass
 class ExportRig:
     """The sandbox, the ERP and a state directory, with a one-call engine runner."""

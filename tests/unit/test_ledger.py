@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from rossflow.artifacts import ArtifactStore
 from rossflow.ledger import Ledger
 
@@ -79,3 +81,54 @@ def test_artifact_store_redacts_and_purges(tmp_path):
     assert store.get(ref) == b'{"token": "***"}'
     assert store.purge(5) == 1
     assert store.purge(5) == 0
+
+
+def test_artifact_store_batches_rows_lists_and_exports(tmp_path):
+    store = ArtifactStore(tmp_path / "art")
+    refs = store.put_rows(
+        [
+            (7, "render", "invoice.json", b"{}"),
+            (7, "post invoice", "response.body", b"ok"),
+            (8, "render", "invoice.json", b"[]"),
+        ]
+    )
+    assert refs == [
+        "7/render/invoice.json",
+        "7/post_invoice/response.body",
+        "8/render/invoice.json",
+    ]
+    store.put_rows([(7, "render", "invoice.json", b'{"v": 2}')])  # a rerun replaces its copy
+    assert store.read(7, "render", "invoice.json") == b'{"v": 2}'
+    assert [i.ref for i in store.listing(7)] == [
+        "7/post_invoice/response.body",
+        "7/render/invoice.json",
+    ]
+    written = store.export(tmp_path / "out", 7)
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in written) == [
+        "7/post_invoice/response.body",
+        "7/render/invoice.json",
+    ]
+    assert (tmp_path / "out" / "7" / "render" / "invoice.json").read_bytes() == b'{"v": 2}'
+    with pytest.raises(KeyError, match="8/post/x"):
+        store.read(8, "post", "x")
+    with pytest.raises(ValueError, match="not an artifact reference"):
+        store.get("../../etc/passwd")
+
+
+def test_artifacts_command_lists_shows_and_exports(tmp_path, capsys):
+    from rossflow.artifacts_cli import run
+
+    state = ["--state-dir", str(tmp_path)]
+    assert run([*state, "list"]) == 2
+    assert "nothing stored at" in capsys.readouterr().err
+    ArtifactStore(tmp_path / "artifacts").put(9, "post", "response.body", b"HTTP 201 body")
+    assert run([*state, "list", "--annotation", "9"]) == 0
+    assert "9  post/response.body  13 B" in capsys.readouterr().out
+    assert run([*state, "show", "--annotation", "9", "--step", "post", "--name", "x"]) == 1
+    assert "has no post/x (stored: post/response.body)" in capsys.readouterr().err
+    assert (
+        run([*state, "show", "--annotation", "9", "--step", "post", "--name", "response.body"]) == 0
+    )
+    assert capsys.readouterr().out == "HTTP 201 body"
+    assert run([*state, "export", "--out", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / "9" / "post" / "response.body").read_bytes() == b"HTTP 201 body"
