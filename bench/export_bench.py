@@ -240,6 +240,7 @@ def child_engine(spec: dict[str, Any]) -> None:
                 artifacts=ArtifactStore(state / "artifacts"),
                 targets=targets,
                 concurrency=spec["concurrency"],
+                in_flight=spec["concurrency"] * spec["batches_in_flight"],
             ) as engine,
         ):
             reports = await run_export(

@@ -100,7 +100,9 @@ async def export_confirmed(
         rossum: Name of the Rossum Credentials block.
         secrets_block: Rossflow Pipeline Secrets block for {secret.x} placeholders.
         batch_size: Annotations per batch (one Rossum page; at most 100).
-        concurrency: Documents in flight per step within a batch.
+        concurrency: Documents in flight per batch: a target never gets more than
+            concurrency x batches_in_flight calls at once (a batch may use the slots
+            another batch leaves idle).
         batches_in_flight: Batches processed at the same time.
         on_failure: failed_export shows a red icon and the message in Rossum;
             keep_confirmed leaves the annotation for the next run.
@@ -138,6 +140,7 @@ async def export_confirmed(
             targets=targets,
             secrets=secrets,
             concurrency=concurrency,
+            in_flight=concurrency * batches_in_flight,
             dry_run=dry_run,
             on_failure=on_failure,
         ) as engine,

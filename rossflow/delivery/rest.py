@@ -44,9 +44,9 @@ from rossflow.delivery.rest_auth import (
 from rossflow.delivery.rest_bodies import RequestBody
 from rossflow.delivery.rest_result import DeliveryError, DeliveryResult
 from rossflow.http import (
+    AiohttpTransport,
     RetryPolicy,
     Timeouts,
-    async_transport,
     may_have_arrived,
     parse_retry_after,
     safe_url,
@@ -208,7 +208,7 @@ async def open_rest_client(
         verify=verify,
         timeout=endpoint.timeouts.to_httpx(),
         limits=limits,
-        transport=async_transport(verify=verify, limits=limits),
+        transport=AiohttpTransport(verify=verify, limits=limits),
         follow_redirects=False,
     ) as client:
         yield client

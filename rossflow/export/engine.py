@@ -2,7 +2,9 @@
 
 The flow calls :meth:`ExportEngine.run_step` once per step per batch (so the Prefect UI shows
 one task per step per batch, not one per document) and :meth:`ExportEngine.finalize` once per
-batch. Inside a step the documents run concurrently, bounded by ``concurrency``. The work of
+batch. Inside a step the documents run concurrently: at most ``in_flight`` of them in the whole
+run (``concurrency`` × batches in flight, for the flow), so the target never sees more than
+that many calls at once, and a batch can use the slots another batch leaves idle. The work of
 each step kind lives beside this module: REST in :mod:`.rest_step`, SFTP/S3 in
 :mod:`.file_step`, the pure transformations in :mod:`.steps`; batch state in :mod:`.batch`.
 
@@ -88,6 +90,7 @@ class ExportEngine:
         targets: Targets | None = None,
         secrets: Mapping[str, Any] | None = None,
         concurrency: int = 16,
+        in_flight: int | None = None,
         file_concurrency: int = 4,
         dry_run: bool = False,
         on_failure: OnFailure = "failed_export",
@@ -100,6 +103,10 @@ class ExportEngine:
         self.targets = targets or Targets()
         self.secrets: dict[str, Any] = dict(secrets or {})
         self.concurrency = max(1, concurrency)
+        # Documents in a step at once over the whole run (all batches in flight together):
+        # a batch may use the slots another leaves idle while it reads, prepares or moves.
+        self.in_flight = max(self.concurrency, in_flight or self.concurrency)
+        self._slots = asyncio.Semaphore(self.in_flight)
         self.file_concurrency = max(1, file_concurrency)
         self.dry_run = dry_run
         self.on_failure = on_failure
@@ -123,7 +130,7 @@ class ExportEngine:
             redactor=self.redactor,
             store=self.writer.store,
             stack=self._stack,
-            concurrency=self.concurrency,
+            concurrency=self.in_flight,
             dry_run=dry_run,
         )
         self.files = FileStorer(
@@ -215,7 +222,7 @@ class ExportEngine:
     async def run_step(self, batch: ExportBatch, step_name: str) -> dict[str, int]:
         """Run one step for every still-active document of the batch; returns counts."""
         step = self.pipeline.step(step_name)
-        sem = asyncio.Semaphore(self.concurrency)
+        sem = self._slots
         counts = {"ran": 0, "skipped": 0, "failed": 0}
 
         async def one(doc: DocState) -> None:

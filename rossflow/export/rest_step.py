@@ -107,8 +107,8 @@ class RestSender:
             client = await self._stack.enter_async_context(
                 rest_delivery.open_rest_client(
                     endpoint,
-                    max_connections=self.concurrency * 2,
-                    max_keepalive_connections=self.concurrency * 2,
+                    max_connections=self.concurrency,
+                    max_keepalive_connections=self.concurrency,
                 )
             )
             self._http[key] = client
