@@ -1,7 +1,8 @@
 """The export flow: confirmed annotations → pipeline → exported / failed_export.
 
     read a page of confirmed annotations (GET, never changes status)
-      → prepare batch → step 1 → step 2 → … (the pipeline DAG, in dependency order)
+      → prepare batch → stage 1 → stage 2 → … (the pipeline DAG, in dependency order; a
+        stage is a step that reaches another system with the local steps before it)
       → finalize: one POST …/export?to_status=exported&id=… for the batch,
                   PATCH failed_export + message for each failure
     → report (table + markdown artifacts, CSV run report)
@@ -33,7 +34,7 @@ from rossflow.export.report import markdown_summary, write_report_csv
 from rossflow.export.run import BatchSteps, count_outcomes, run_export
 from rossflow.export.targets import Targets
 from rossflow.ledger import Ledger
-from tasks.export import finalize_batch, prepare_batch, run_step
+from tasks.export import finalize_batch, prepare_batch, run_stage
 
 
 def load_pipeline_source(pipeline: str) -> PipelineConfig:
@@ -145,12 +146,12 @@ async def export_confirmed(
             on_failure=on_failure,
         ) as engine,
     ):
-        # pages → prepare batch → step 1 → step 2 → … → finalize, batches_in_flight at a time
+        # pages → prepare batch → stage 1 → stage 2 → … → finalize, batches_in_flight at a time
         reports = await run_export(
             client,
             queues,
             steps_of,
-            _task_steps(engine),
+            task_steps(engine),
             batch_size=batch_size,
             batches_in_flight=batches_in_flight,
             annotation_ids=annotation_ids,
@@ -166,8 +167,8 @@ async def export_confirmed(
     return counts
 
 
-def _task_steps(engine: ExportEngine) -> BatchSteps:
-    """The Prefect tasks as the run loop's batch steps (one task per step per batch).
+def task_steps(engine: ExportEngine) -> BatchSteps:
+    """The Prefect tasks as the run loop's batch steps (one task per stage per batch).
 
     quote(): otherwise Prefect walks every object inside the task arguments (a batch of 100
     holds ~75k) looking for futures: ~70 ms of CPU per document in bench/.
@@ -176,12 +177,13 @@ def _task_steps(engine: ExportEngine) -> BatchSteps:
         prepare=lambda queue_id, no, items: prepare_batch(
             quote(engine), queue_id, no, quote(items)
         ),
-        run_step=lambda batch, name, queue_id, no: run_step(
-            quote(engine), quote(batch), name, queue_id, no
+        run_stage=lambda batch, names, queue_id, no: run_stage(
+            quote(engine), quote(batch), names, "+".join(names), queue_id, no
         ),
-        finalize=lambda batch, queue_id, no: finalize_batch(
-            quote(engine), quote(batch), queue_id, no
+        finalize=lambda batch, local, queue_id, no: finalize_batch(
+            quote(engine), quote(batch), local, "+".join([*local, "finalize"]), queue_id, no
         ),
+        is_local=engine.step_is_local,
     )
 
 
@@ -230,4 +232,10 @@ async def _publish_report(
     )
 
 
-__all__ = ["export_confirmed", "load_pipeline_source", "load_run_inputs", "resolve_targets"]
+__all__ = [
+    "export_confirmed",
+    "load_pipeline_source",
+    "load_run_inputs",
+    "resolve_targets",
+    "task_steps",
+]

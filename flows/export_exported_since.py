@@ -15,28 +15,30 @@ from typing import Annotated, Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.runtime import flow_run
-from prefect.utilities.annotations import quote
 from pydantic import Field
 
-from flows.export import load_run_inputs
+from flows.export import load_run_inputs, task_steps
 from rossflow.artifacts import ArtifactStore
 from rossflow.export.batch import DocReport
 from rossflow.export.engine import ExportEngine
 from rossflow.export.exported_since import ExportedSince, ExportedSinceResult
 from rossflow.export.report import markdown_summary, write_report_csv
+from rossflow.export.run import stages
 from rossflow.ledger import Ledger
 from rossflow.state.watermarks import WatermarkStore
-from tasks.export import finalize_batch, prepare_batch, run_step
 
 
 async def _run_batch_as_tasks(
     engine: ExportEngine, queue_id: int, batch_no: int, items: list[dict[str, Any]]
 ) -> list[DocReport]:
-    """One task per step per batch, as in the confirmed-state export flow."""
-    batch = await prepare_batch(quote(engine), queue_id, batch_no, quote(items))
-    for step in engine.pipeline.topological_order():
-        await run_step(quote(engine), quote(batch), step.name, queue_id, batch_no)
-    return await finalize_batch(quote(engine), quote(batch), queue_id, batch_no)
+    """One task per stage per batch, as in the confirmed-state export flow."""
+    steps = task_steps(engine)
+    batch = await steps.prepare(queue_id, batch_no, items)
+    names = [step.name for step in engine.pipeline.topological_order()]
+    groups, local = stages(names, steps.is_local)
+    for group in groups:
+        await steps.run_stage(batch, group, queue_id, batch_no)
+    return await steps.finalize(batch, local, queue_id, batch_no)
 
 
 @flow(name="rossflow-export-exported-since", log_prints=False)

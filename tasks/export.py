@@ -1,4 +1,6 @@
-"""Prefect tasks of the export flow: one task per pipeline step per batch (never per document).
+"""Prefect tasks of the export flow, per batch (never per document): one task per stage (a
+step that reaches another system, with the local steps just before it; see
+:func:`rossflow.export.run.stages`), and finalize.
 
 The tasks are thin: the work is in :class:`rossflow.export.engine.ExportEngine`. They pass live
 objects (engine, batch) between each other inside one flow run, so caching and result
@@ -27,17 +29,30 @@ async def prepare_batch(
     return await engine.new_batch(queue_id, items)
 
 
-@task(name="pipeline-step", task_run_name="{step_name} q{queue_id} b{batch_no}", **_TASK)
-async def run_step(
-    engine: ExportEngine, batch: ExportBatch, step_name: str, queue_id: int, batch_no: int
+@task(name="pipeline-step", task_run_name="{label} q{queue_id} b{batch_no}", **_TASK)
+async def run_stage(
+    engine: ExportEngine,
+    batch: ExportBatch,
+    step_names: list[str],
+    label: str,
+    queue_id: int,
+    batch_no: int,
 ) -> dict[str, int]:
-    """Run one pipeline step for all documents of the batch (bounded concurrency inside)."""
-    return await engine.run_step(batch, step_name)
+    """Run the stage's steps, in order, for all documents of the batch (bounded concurrency
+    inside); ``label`` names them in the UI (``render+post_invoice``)."""
+    return await engine.run_steps(batch, step_names)
 
 
-@task(name="finalize-batch", task_run_name="finalize q{queue_id} b{batch_no}", **_TASK)
+@task(name="finalize-batch", task_run_name="{label} q{queue_id} b{batch_no}", **_TASK)
 async def finalize_batch(
-    engine: ExportEngine, batch: ExportBatch, queue_id: int, batch_no: int
+    engine: ExportEngine,
+    batch: ExportBatch,
+    local_steps: list[str],
+    label: str,
+    queue_id: int,
+    batch_no: int,
 ) -> list[DocReport]:
-    """One ``to_status=exported`` call for the successes; ``failed_export`` for failures."""
+    """The local steps after the last stage, then one ``to_status=exported`` call for the
+    successes and ``failed_export`` for failures."""
+    await engine.run_steps(batch, local_steps)
     return await engine.finalize(batch)

@@ -1,10 +1,11 @@
 """Runs an export pipeline over a batch of annotations, one step at a time (orchestration).
 
-The flow calls :meth:`ExportEngine.run_step` once per step per batch (so the Prefect UI shows
-one task per step per batch, not one per document) and :meth:`ExportEngine.finalize` once per
-batch. Inside a step the documents run concurrently: at most ``in_flight`` of them in the whole
-run (``concurrency`` × batches in flight, for the flow), so the target never sees more than
-that many calls at once, and a batch can use the slots another batch leaves idle. The work of
+The flow calls :meth:`ExportEngine.run_steps` once per stage per batch (a step that reaches
+another system and the local steps before it: the Prefect UI shows one task per stage per
+batch, never one per document) and :meth:`ExportEngine.finalize` once per batch. Inside a
+step the documents run concurrently: at most ``in_flight`` of them in the whole run
+(``concurrency`` × batches in flight, for the flow), so the target never sees more than that
+many calls at once, and a batch can use the slots another batch leaves idle. The work of
 each step kind lives beside this module: REST in :mod:`.rest_step`, SFTP/S3 in
 :mod:`.file_step`, the pure transformations in :mod:`.steps`; batch state in :mod:`.batch`.
 
@@ -36,6 +37,7 @@ from .config import (
     FileStorageStep,
     PipelineConfig,
     RestStep,
+    RpEvaluateStep,
     RpStepBase,
     TemplateStep,
 )
@@ -218,6 +220,22 @@ class ExportEngine:
         return out
 
     # -- steps -------------------------------------------------------------------------
+
+    def step_is_local(self, step_name: str) -> bool:
+        """A step that only transforms the batch in this process (template, evaluate, clean,
+        extract without write-back): it needs no task or retry boundary of its own."""
+        step = self.pipeline.step(step_name)
+        if isinstance(step, ExtractStep):
+            return not step.writeback
+        return isinstance(step, TemplateStep | EvaluateStep | CleanStep | RpEvaluateStep)
+
+    async def run_steps(self, batch: ExportBatch, step_names: Sequence[str]) -> dict[str, int]:
+        """Run steps one after the other; the counts of all of them."""
+        total = {"ran": 0, "skipped": 0, "failed": 0}
+        for name in step_names:
+            for key, value in (await self.run_step(batch, name)).items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     async def run_step(self, batch: ExportBatch, step_name: str) -> dict[str, int]:
         """Run one step for every still-active document of the batch; returns counts."""

@@ -103,8 +103,7 @@ async def run_batch_plain(
 ) -> list[DocReport]:
     """The pipeline over one batch, without Prefect."""
     batch = await engine.new_batch(queue_id, items)
-    for step in engine.pipeline.topological_order():
-        await engine.run_step(batch, step.name)
+    await engine.run_steps(batch, [step.name for step in engine.pipeline.topological_order()])
     return await engine.finalize(batch)
 
 

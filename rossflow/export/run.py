@@ -1,12 +1,19 @@
 """The export run loop in plain Python: pages of annotations → batches in flight → reports.
 
     for each queue: count → read a page (GET, never changes status) → prepare the batch
-      → step 1 → step 2 → … → finalize (one move to ``exported``, failures marked)
+      → stage 1 → stage 2 → … → finalize (one move to ``exported``, failures marked)
 
-The Prefect flow drives this loop with its tasks as the batch callables (so the UI shows one
-task per step per batch) and its progress artifact as the progress callback; tests and the
-benchmark drive it with the engine's own methods (:func:`engine_steps`). Mirrors
-:func:`rossflow.ingest.pipeline.run_ingest`.
+A *stage* is one step with a side effect outside the run (a REST call, a file upload, code,
+a Request Processor call, a write-back) together with the local steps just before it
+(templates, evaluations, cleaning: pure transformations of the batch); local steps after
+the last such step run with finalize (:func:`stages`). The Prefect flow runs each stage and
+finalize as one task per batch, so the UI shows every step that touches another system, and a
+batch costs 2-3 task runs instead of one per step: each task run costs the flow and the Prefect
+server ~20 ms of CPU, ~30 % of the export's throughput at 5 per batch (docs/benchmarks-export.md).
+
+The Prefect flow drives this loop with its tasks as the batch callables and its progress
+artifact as the progress callback; tests and the benchmark drive it with the engine's own
+methods (:func:`engine_steps`). Mirrors :func:`rossflow.ingest.pipeline.run_ingest`.
 """
 
 from __future__ import annotations
@@ -40,12 +47,30 @@ StepOrder = Sequence[str] | Callable[[int], Sequence[str]]
 @dataclass(frozen=True)
 class BatchSteps:
     """How one batch is processed: ``prepare(queue_id, batch_no, items)``,
-    ``run_step(batch, step_name, queue_id, batch_no)``, ``finalize(batch, queue_id, batch_no)``.
+    ``run_stage(batch, step_names, queue_id, batch_no)`` and
+    ``finalize(batch, local_steps, queue_id, batch_no)`` (the local steps after the last
+    stage run first); ``is_local(step_name)`` tells the steps that join a neighbour's stage.
     """
 
     prepare: Callable[[int, int, Items], Awaitable[ExportBatch]]
-    run_step: Callable[[ExportBatch, str, int, int], Awaitable[Any]]
-    finalize: Callable[[ExportBatch, int, int], Awaitable[list[DocReport]]]
+    run_stage: Callable[[ExportBatch, list[str], int, int], Awaitable[Any]]
+    finalize: Callable[[ExportBatch, list[str], int, int], Awaitable[list[DocReport]]]
+    is_local: Callable[[str], bool] = lambda name: False
+
+
+def stages(
+    names: Sequence[str], is_local: Callable[[str], bool]
+) -> tuple[list[list[str]], list[str]]:
+    """The steps grouped into stages (each ends with a step that is not local), and the local
+    steps left after the last stage (they run with finalize)."""
+    groups: list[list[str]] = []
+    pending: list[str] = []
+    for name in names:
+        pending.append(name)
+        if not is_local(name):
+            groups.append(pending)
+            pending = []
+    return groups, pending
 
 
 def engine_steps(engine: ExportEngine) -> BatchSteps:
@@ -54,13 +79,16 @@ def engine_steps(engine: ExportEngine) -> BatchSteps:
     async def prepare(queue_id: int, batch_no: int, items: Items) -> ExportBatch:
         return await engine.new_batch(queue_id, items)
 
-    async def run_step(batch: ExportBatch, name: str, queue_id: int, batch_no: int) -> Any:
-        return await engine.run_step(batch, name)
+    async def run_stage(batch: ExportBatch, names: list[str], queue_id: int, no: int) -> Any:
+        return await engine.run_steps(batch, names)
 
-    async def finalize(batch: ExportBatch, queue_id: int, batch_no: int) -> list[DocReport]:
+    async def finalize(
+        batch: ExportBatch, local: list[str], queue_id: int, batch_no: int
+    ) -> list[DocReport]:
+        await engine.run_steps(batch, local)
         return await engine.finalize(batch)
 
-    return BatchSteps(prepare, run_step, finalize)
+    return BatchSteps(prepare, run_stage, finalize, engine.step_is_local)
 
 
 async def in_flight(
@@ -153,6 +181,7 @@ async def export_queue(
     new attempt generation in the ledger, so the annotation gets new idempotency keys.
     """
     names = list(order(queue_id) if callable(order) else order)
+    groups, local_tail = stages(names, steps.is_local)
     if annotation_ids:
         total = len(annotation_ids)
     else:
@@ -168,9 +197,9 @@ async def export_queue(
         batch = await steps.prepare(queue_id, no, items)
         if annotation_ids:
             batch.any_status = True
-        for name in names:
-            await steps.run_step(batch, name, queue_id, no)
-        done = await steps.finalize(batch, queue_id, no)
+        for group in groups:
+            await steps.run_stage(batch, group, queue_id, no)
+        done = await steps.finalize(batch, local_tail, queue_id, no)
         reports.extend(done)
         for report in done:  # skipped stages, abandoned calls, recorded non-2xx: never silent
             if report.warnings:
@@ -228,4 +257,5 @@ __all__ = [
     "export_queue",
     "in_flight",
     "run_export",
+    "stages",
 ]

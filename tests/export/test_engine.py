@@ -359,3 +359,16 @@ async def _export(rig, ids):
 def _value(item, schema_id):
     node = datapoint(item["content"], schema_id)
     return node.get("value") if node else None
+
+
+def test_stages_join_local_steps_to_the_step_that_reaches_out():
+    from rossflow.export.run import stages
+
+    local = {"render", "check", "clean", "evaluate_2"}.__contains__
+    names = ["render", "post", "check", "upload", "evaluate_2", "clean"]
+    assert stages(names, local) == (
+        [["render", "post"], ["check", "upload"]],
+        ["evaluate_2", "clean"],
+    )
+    assert stages(["post", "upload"], local) == ([["post"], ["upload"]], [])
+    assert stages(["render"], local) == ([], ["render"])
