@@ -168,14 +168,19 @@ async def export_confirmed(
 
 
 def task_steps(engine: ExportEngine) -> BatchSteps:
-    """The Prefect tasks as the run loop's batch steps (one task per stage per batch).
+    """The Prefect tasks as the run loop's batch steps: one task per stage per batch, and a
+    prepare task only when it downloads the originals from Rossum (otherwise it is local work,
+    like a template step, and runs in the flow).
 
     quote(): otherwise Prefect walks every object inside the task arguments (a batch of 100
     holds ~75k) looking for futures: ~70 ms of CPU per document in bench/.
     """
     return BatchSteps(
-        prepare=lambda queue_id, no, items: prepare_batch(
-            quote(engine), queue_id, no, quote(items)
+        prepare=(
+            (lambda queue_id, no, items: prepare_batch(quote(engine), queue_id, no, quote(items)))
+            if engine.needs_original
+            # local work only (each annotation's template context): no task of its own
+            else (lambda queue_id, no, items: engine.new_batch(queue_id, items))
         ),
         run_stage=lambda batch, names, queue_id, no: run_stage(
             quote(engine), quote(batch), names, "+".join(names), queue_id, no

@@ -83,9 +83,21 @@ async def test_flow_exports_in_batches_and_publishes_artifacts(sandbox, erp_serv
                 flow_run_id=ArtifactFilterFlowRunId(any_=[run.state_details.flow_run_id]),
             ),
         )
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        tasks = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.state_details.flow_run_id]))
+        )
     kinds = {a.key: a for a in arts}
     assert {"export-report", "export-summary"} <= set(kinds)
     assert "| exported | 25 |" in kinds["export-summary"].data
+    # one task per stage per batch: the REST call with the template before it; the write-back
+    # (extract) reaches Rossum, so it is a stage; the evaluation runs with finalize
+    assert sorted(t.name for t in tasks) == sorted(
+        f"{label} q1 b{no}"
+        for no in (1, 2, 3)
+        for label in ("render+post_invoice", "keep_erp_id", "check+finalize")
+    )
 
 
 async def test_replay_one_annotation_after_a_failure(sandbox, erp_server, tmp_path):
