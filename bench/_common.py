@@ -345,6 +345,17 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
+def cpu_model() -> str:
+    """The CPU's model name (every benchmark table names it: numbers depend on it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def load_average() -> float:
     """1-minute load average (the benchmarks warn when the machine is busy)."""
     try:

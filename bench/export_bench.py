@@ -53,6 +53,7 @@ from bench._common import (
     PrefectService,
     SandboxService,
     child_env,
+    cpu_model,
     fmt_num,
     load_average,
     peak_rss_self_bytes,
@@ -530,6 +531,7 @@ class Result:
     by_route: dict[str, int] = field(default_factory=dict)
     child: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    runs: list[float] = field(default_factory=list)  # docs/s of every repeat (this is the median)
 
     @property
     def docs_per_s(self) -> float:
@@ -711,16 +713,17 @@ class Bench:
             self.results.append(result)
         return result
 
-    def run_sizes(self, kind: str, ns: list[int], rate: float | None) -> None:
-        for n in sorted(ns):
-            measure, note = self.plan(kind, n, rate)
-            if measure is None:
+    def run_planned(self, kind: str, n: int, rate: float | None) -> None:
+        """One run at N ``n`` (or the smaller N :meth:`plan` allows)."""
+        measure, note = self.plan(kind, n, rate)
+        if measure is None:
+            if not any(note in line for line in self.skipped):
                 self.skipped.append(f"{LABELS[kind]}, {_limit(rate)}: {note}")
                 self.log(self.skipped[-1])
-                continue
-            result = self.run(kind, measure, rate, note=note)
-            if measure != n:
-                result.requested_n = n
+            return
+        result = self.run(kind, measure, rate, note=note)
+        if measure != n:
+            result.requested_n = n
 
     def setup_blocks(self) -> None:
         assert self.prefect and self.sandbox and self.erp
@@ -731,6 +734,21 @@ class Bench:
 
 
 # ----------------------------------------------------------------------------- reporting
+
+
+def medians(results: list[Result]) -> list[Result]:
+    """One result per variant, N and limit: the run with the median docs/s (its other
+    figures come from that same run), with every run's docs/s in ``runs``."""
+    groups: dict[tuple[str, int, float | None], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.kind, r.requested_n or r.n, r.rate), []).append(r)
+    out = []
+    for runs in groups.values():
+        ranked = sorted(runs, key=lambda r: r.docs_per_s)
+        median = ranked[(len(ranked) - 1) // 2]
+        median.runs = [r.docs_per_s for r in runs]
+        out.append(median)
+    return out
 
 
 def _limit(rate: float | None) -> str:
@@ -768,6 +786,7 @@ def table_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
         "N",
         "Rossum limit",
         "docs/s",
+        "runs (docs/s)",
         "docs/s e2e",
         "Rossum req/1k docs",
         "429s",
@@ -791,6 +810,7 @@ def table_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
                 n,
                 _limit(r.rate),
                 fmt_num(r.docs_per_s),
+                _spread(r.runs),
                 fmt_num(r.e2e_docs_per_s),
                 fmt_num(r.per_1k),
                 fmt_num(r.rossum_429),
@@ -801,6 +821,12 @@ def table_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return headers, rows
+
+
+def _spread(runs: list[float]) -> str:
+    if len(runs) < 2:
+        return "1 run"
+    return f"{len(runs)}: {min(runs):,.0f}–{max(runs):,.0f}"
 
 
 def _note_no(results: list[Result], index: int) -> int:
@@ -884,6 +910,20 @@ def check_targets(results: list[Result]) -> list[tuple[str, str, str]]:
             parts.append(f"N={r.n:,} {_limit(r.rate)}: {ratio:.0%}")
     if parts:
         checks.append(("≥ 90 % of (a)'s throughput", verdict(ok), ", ".join(parts)))
+    # 2b. the flow's CPU plus the Prefect server's, per document, ≤ 1.2× (a)'s (same cores)
+    parts, ok = [], True
+    for r in flows:
+        a = _ratio_base(results, r, "direct")
+        if a and a.cpu_window_s:
+            server = r.services_cpu_s.get("prefect", 0.0)
+            ratio = (r.cpu_window_s + server) / a.cpu_window_s * a.n / r.n
+            ok &= ratio <= 1.2
+            parts.append(
+                f"N={r.n:,} {_limit(r.rate)}: {1000 * (r.cpu_window_s + server) / r.n:.1f} vs "
+                f"{a.cpu_ms_per_doc:.1f} ms/doc = {ratio:.2f}×"
+            )
+    if parts:
+        checks.append(("flow + Prefect server CPU ≤ 1.2× (a)'s", verdict(ok), ", ".join(parts)))
     # 3. ≥ 50× (b) under the rate limit
     parts, ok = [], True
     for r in flows:
@@ -926,7 +966,7 @@ def report(results: list[Result], args: argparse.Namespace, skipped: list[str]) 
         f"Export benchmark: ERP latency {args.latency * 1000:.0f} ms, batch {args.batch_size}, "
         f"concurrency {args.concurrency} × {args.batches_in_flight} batches in flight "
         f"((a): {args.concurrency * args.batches_in_flight} documents in flight), "
-        f"{os.cpu_count()} CPUs",
+        f"{cpu_model()}, {os.cpu_count()} CPUs; median of {args.repeat} interleaved runs",
         "",
         render_table(headers, rows, markdown=False),
         "",
@@ -1004,6 +1044,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="flows.export:export_confirmed",
         help="module:function of the flow to measure (e.g. a candidate fix on PYTHONPATH)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each export variant per N and limit, interleaved; the table shows the "
+        "median run (default 3)",
+    )
     parser.add_argument("--no-warmup", action="store_true", help="skip the unmeasured warm-ups")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument(
@@ -1043,12 +1090,22 @@ def main(argv: list[str] | None = None) -> int:
             bench.log(f"ERP round trip {probe:.1f} ms (configured {args.latency * 1000:.0f} ms)")
             if probe > args.latency * 1000 + 20:
                 bench.log("  WARNING: the ERP answers much slower than configured")
-            if "direct" in args.variant_set:
-                if not args.no_warmup:
-                    bench.log("warm-up (not measured)")
-                    bench.run("direct", 100, None, keep=False)
-                for rate in rates:
-                    bench.run_sizes("direct", args.ns, rate)
+            kinds = [k for k in ("direct", "engine", "flow") if k in args.variant_set]
+            if "flow" in kinds:
+                bench.log("starting the Prefect server")
+                bench.prefect = start_prefect_server(log_dir=Path(tmp))
+                bench.setup_blocks()
+            if not args.no_warmup:
+                bench.log("warm-ups (not measured)")
+                for kind in kinds:
+                    bench.run(kind, 100, None, keep=False)
+            # Interleaved (a, engine, flow, a, engine, flow, ...): a drift in the machine's
+            # speed hits every variant alike, and the ratios compare medians.
+            for rate in rates:
+                for n in sorted(args.ns):
+                    for _ in range(max(1, args.repeat)):
+                        for kind in kinds:
+                            bench.run_planned(kind, n, rate)
             if "onebyone" in args.variant_set:
                 same_rate = "its docs/s does not depend on N (ratios at other N use this rate)"
                 bench.run(
@@ -1064,27 +1121,12 @@ def main(argv: list[str] | None = None) -> int:
                     args.rate,
                     note=f"measured over {args.onebyone_limited_n} docs; as above, {same_rate}",
                 )
-            if "engine" in args.variant_set:
-                if not args.no_warmup:
-                    bench.log("warm-up (not measured)")
-                    bench.run("engine", 100, None, keep=False)
-                for rate in rates:
-                    bench.run_sizes("engine", args.ns, rate)
-            if "flow" in args.variant_set:
-                bench.log("starting the Prefect server")
-                bench.prefect = start_prefect_server(log_dir=Path(tmp))
-                bench.setup_blocks()
-                if not args.no_warmup:
-                    bench.log("warm-up (not measured)")
-                    bench.run("flow", 100, None, keep=False)
-                for rate in rates:
-                    bench.run_sizes("flow", args.ns, rate)
         finally:
             for svc in (bench.prefect, bench.erp, bench.sandbox):
                 if svc is not None:
                     svc.stop()
     order = {"flow": 0, "engine": 1, "direct": 2, "onebyone": 3}
-    results = sorted(bench.results, key=lambda r: (r.rate or 0, order[r.kind], r.n))
+    results = sorted(medians(bench.results), key=lambda r: (r.rate or 0, order[r.kind], r.n))
     print(report(results, args, bench.skipped))
     print(f"total benchmark time: {time.monotonic() - started:.0f} s")
     if args.json:

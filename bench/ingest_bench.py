@@ -491,13 +491,9 @@ def make_files(
 
 def machine_line() -> str:
     """CPU model, CPU count and load average (the machine may be shared)."""
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count()} CPU(s), load average before: {_load()}"
+    from bench._common import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} CPU(s), load average before: {_load()}"
 
 
 def _load() -> str:

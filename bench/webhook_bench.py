@@ -51,6 +51,7 @@ from bench._common import (
     ROOT,
     SANDBOX_PASSWORD,
     SANDBOX_USERNAME,
+    cpu_model,
     load_average,
     render_table,
     services,
@@ -204,13 +205,6 @@ def trace(name: str, t0: float, runs: list[dict[str, Any]]) -> None:
             + ", ".join(f"{state} +{at:.2f}s" for at, state in history),
             flush=True,
         )
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def all_runs() -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@
 Anything the run cannot finish stays ``confirmed`` and is picked up by the next run.
 """
 
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -193,17 +194,23 @@ def task_steps(engine: ExportEngine) -> BatchSteps:
 
 
 class _ProgressArtifacts:
-    """One progress artifact per queue, created when the queue starts."""
+    """One progress artifact per queue, created when the queue starts, updated at most every
+    ``every_s`` seconds and at the end (each update is a call the Prefect server serves)."""
 
-    def __init__(self) -> None:
+    def __init__(self, every_s: float = 2.0) -> None:
         self._ids: dict[int, Any] = {}
+        self._last: dict[int, float] = {}
+        self.every_s = every_s
 
     async def update(self, queue_id: int, done: int, total: int) -> None:
         if queue_id not in self._ids:
             self._ids[queue_id] = await acreate_progress_artifact(
                 0.0, key=f"export-progress-q{queue_id}", description=f"Export of queue {queue_id}"
             )
-        if done:
+            self._last[queue_id] = time.monotonic()
+        now = time.monotonic()
+        if done and (done >= total or now - self._last[queue_id] >= self.every_s):
+            self._last[queue_id] = now
             await aupdate_progress_artifact(self._ids[queue_id], min(100.0, 100.0 * done / total))
 
 
