@@ -45,6 +45,7 @@ from .config import AuthConfig, Idempotency, PipelineConfig, RestRequest, RestSt
 from .context import ExportContext
 from .errors import DeliveryError
 from .extract import build_response_record
+from .ledger_writes import LedgerWrites
 from .reconcile import (
     add_unknown_hint,
     outcome_unknown,
@@ -85,6 +86,7 @@ class RestSender:
         self.pipeline = pipeline
         self.targets = targets
         self.ledger = ledger
+        self.writes = LedgerWrites(ledger)  # claims and finishes of concurrent docs, grouped
         self.redactor = redactor
         self.store = store
         self.concurrency = concurrency
@@ -240,7 +242,7 @@ class RestSender:
         # what an earlier run left (header mode resends whatever it was: no need to read it)
         prior = self.ledger.get(key) if mode != "header" else None
         try:
-            done = self.ledger.claim(
+            done = await self.writes.claim(
                 key,
                 kind="delivery",
                 subject=str(doc.annotation_id),
@@ -260,7 +262,7 @@ class RestSender:
             if unknown and mode == "reconcile":
                 found = await self._reconcile(step, doc, endpoint, key, auth, secrets, (unknown,))
             elif unknown and mode == "none" and endpoint.method == "POST":
-                self._refuse_resend(step, doc, endpoint, key, (unknown,))
+                await self._refuse_resend(step, doc, endpoint, key, (unknown,))
             if found is not None:
                 record, state = found, "reconciled"
                 history = (unknown or "", "lookup found the record")
@@ -303,7 +305,7 @@ class RestSender:
                 result["attempts"] = [self.redactor(a) for a in history]
             elif state == "reconciled":
                 result["reconciled"] = True
-            self.ledger.finish(key, ok=outcome.status != "error", result=result)
+            await self.writes.finish(key, ok=outcome.status != "error", result=result)
         doc.deliveries.append(
             {
                 "step": step.name,
@@ -401,7 +403,7 @@ class RestSender:
             history += exc.history
             maybe_processed = maybe_processed or exc.maybe_processed
             uncertain = endpoint.method == "POST" and maybe_processed
-            self.ledger.finish(
+            await self.writes.finish(
                 key,
                 ok=False,
                 result={
@@ -503,7 +505,7 @@ class RestSender:
                         url=reply.url,
                         elapsed_s=reply.elapsed_s,
                     )
-        self.ledger.finish(
+        await self.writes.finish(
             key,
             ok=False,
             result={"error": self.redactor(problem), "attempts": list(attempts), "uncertain": True},
@@ -515,7 +517,7 @@ class RestSender:
         error.mark_delivery(uncertain=True, attempts=[self.redactor(a) for a in attempts])
         raise error
 
-    def _refuse_resend(
+    async def _refuse_resend(
         self,
         step: RestStep,
         doc: DocState,
@@ -524,7 +526,9 @@ class RestSender:
         attempts: tuple[str, ...],
     ) -> None:
         """``idempotency: none`` and an earlier call's outcome is unknown: never resend."""
-        self.ledger.finish(key, ok=False, result={"attempts": list(attempts), "uncertain": True})
+        await self.writes.finish(
+            key, ok=False, result={"attempts": list(attempts), "uncertain": True}
+        )
         error = DeliveryError(
             "not resent automatically",
             step=step.name,

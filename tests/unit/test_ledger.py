@@ -132,3 +132,61 @@ def test_artifacts_command_lists_shows_and_exports(tmp_path, capsys):
     assert capsys.readouterr().out == "HTTP 201 body"
     assert run([*state, "export", "--out", str(tmp_path / "x")]) == 0
     assert (tmp_path / "x" / "9" / "post" / "response.body").read_bytes() == b"HTTP 201 body"
+
+
+async def test_ledger_writes_group_the_claims_of_one_loop_turn(tmp_path):
+    import asyncio
+
+    from rossflow.export.ledger_writes import LedgerWrites
+    from rossflow.ledger import EffectBusy
+
+    class CountingLedger(Ledger):
+        transactions = 0
+
+        def claim_many(self, items):
+            CountingLedger.transactions += 1
+            return super().claim_many(items)
+
+        def finish_many(self, items):
+            CountingLedger.transactions += 1
+            return super().finish_many(items)
+
+    ledger = CountingLedger(tmp_path / "l.db")
+    writes = LedgerWrites(ledger)
+    keys = [f"k{i}" for i in range(20)]
+    claimed = await asyncio.gather(
+        *(writes.claim(k, kind="delivery", subject=str(i)) for i, k in enumerate(keys))
+    )
+    assert claimed == [None] * 20 and CountingLedger.transactions == 1
+    await asyncio.gather(*(writes.finish(k, ok=True, result={"n": k}) for k in keys[:10]))
+    assert CountingLedger.transactions == 2
+    assert ledger.get("k3").state == "done" and ledger.get("k3").result == {"n": "k3"}
+    # done: returned as such; held by another live worker: EffectBusy for that caller only
+    other = Ledger(tmp_path / "l.db")
+    other.owner = "host-b:1:other"
+    other.claim("held", kind="delivery", subject="99")
+    done, busy, fresh = await asyncio.gather(
+        writes.claim("k3", kind="delivery", subject="3"),
+        writes.claim("held", kind="delivery", subject="99", step="post"),
+        writes.claim("new", kind="delivery", subject="100"),
+        return_exceptions=True,
+    )
+    assert done is not None and done.state == "done"
+    assert isinstance(busy, EffectBusy) and "step 'post' of 99" in str(busy)
+    assert fresh is None
+
+    # a failing transaction fails every waiter of that group (and only that group)
+    class FailingLedger(Ledger):
+        def claim_many(self, items):
+            if any(key.startswith("bad") for key, *_ in items):
+                raise RuntimeError("database is locked")
+            return super().claim_many(items)
+
+    writes = LedgerWrites(FailingLedger(tmp_path / "f.db"))
+    outcomes = await asyncio.gather(
+        writes.claim("bad-1", kind="delivery", subject="1"),
+        writes.claim("ok-1", kind="delivery", subject="2"),
+        return_exceptions=True,
+    )
+    assert [type(o).__name__ for o in outcomes] == ["RuntimeError", "RuntimeError"]
+    assert await writes.claim("ok-2", kind="delivery", subject="3") is None
