@@ -63,6 +63,9 @@ from .rest_request import (
 from .soap import soap_fault
 from .targets import Targets
 
+LOOKUP_FOUND = "reconcile lookup: found the record, adopted it"
+LOOKUP_NOT_FOUND = "reconcile lookup: no record; the ERP did not book it"
+
 Store = Callable[[DocState, str, list[tuple[str, bytes]]], Awaitable[None]]
 
 
@@ -391,6 +394,13 @@ class RestSender:
             history += exc.history
             maybe_processed = maybe_processed or exc.maybe_processed
             uncertain = endpoint.method == "POST" and maybe_processed
+            if uncertain and mode == "reconcile":
+                # no attempt left: the lookup settles the last one, as before any resend
+                found = await self._reconcile(step, doc, endpoint, key, auth, secrets, history)
+                if found is not None:
+                    return found, (*history, LOOKUP_FOUND), maybe_processed, True
+                # no answer came back: the target may still be booking it
+                history += ("reconcile lookup: no record yet; the call may still be processed",)
             self.ledger.finish(
                 key,
                 ok=False,
@@ -416,6 +426,8 @@ class RestSender:
             raise error from exc
         if adopted:
             return adopted[0], history + result.history, maybe_processed, True
+        history += result.history
+        maybe_processed = maybe_processed or result.maybe_processed
         record = build_response_record(
             result.status_code,
             result.headers,
@@ -423,7 +435,22 @@ class RestSender:
             url=result.url,
             elapsed_s=result.elapsed_s,
         )
-        return record, history + result.history, maybe_processed or result.maybe_processed, False
+        if (
+            mode == "reconcile"
+            and endpoint.method == "POST"
+            and maybe_processed
+            and result.status_code >= 500
+        ):
+            # The last attempt failed with a 5xx and none is left. Without a lookup the
+            # document would fail with "outcome unknown" although the ERP may have booked it
+            # (and a retry by hand could book it twice): the lookup settles it either way.
+            found = await self._reconcile(step, doc, endpoint, key, auth, secrets, history)
+            if found is not None:
+                return found, (*history, LOOKUP_FOUND), maybe_processed, True
+            # It answered every attempt and has no record of it (each earlier attempt was
+            # looked up before its resend): not booked, so "not delivered".
+            return record, (*history, LOOKUP_NOT_FOUND), False, False
+        return record, history, maybe_processed, False
 
     async def _reconcile(
         self,
