@@ -96,6 +96,8 @@ class RestSender:
         self._http: dict[tuple[Any, ...], httpx.AsyncClient] = {}
         self._tokens: dict[str, tuple[str, float]] = {}
         self._token_lock = asyncio.Lock()
+        # (annotation id, step) -> ledger key of the call this run claimed
+        self._claimed: dict[tuple[int, str], str] = {}
 
     async def _http_client(self, endpoint: RestEndpoint) -> httpx.AsyncClient:
         key = (
@@ -242,6 +244,7 @@ class RestSender:
             )
         except EffectBusy as exc:
             return doc.leave_to_holder(exc)
+        self._claimed[(doc.annotation_id, step.name)] = key
         history: tuple[str, ...] = ()
         maybe_processed = False
         found: dict[str, Any] | None = None
@@ -317,6 +320,20 @@ class RestSender:
                 outcome.error.mark_delivery(uncertain=False, attempts=history)
         outcome.raise_for_status()
         return True
+
+    def delivered_by_another_run(self, docs: list[DocState]) -> set[int]:
+        """Annotations whose REST step failed in this run but is ``done`` in the ledger now: an
+        overlapping run took the failed call over and delivered it. Marking them
+        ``failed_export`` would overwrite that run's result with a stale failure."""
+        keys: dict[str, int] = {}
+        for doc in docs:
+            step = doc.error.step if doc.error is not None else None
+            key = self._claimed.get((doc.annotation_id, step or ""))
+            if key is not None:
+                keys[key] = doc.annotation_id
+        if not keys:
+            return set()
+        return {keys[k] for k, e in self.ledger.get_many(keys).items() if e.state == "done"}
 
     def idempotency(self, step: RestStep) -> Idempotency:
         """The step's ``idempotency``, else the pipeline default, else the target block's
