@@ -406,7 +406,30 @@ class ExportEngine:
                     moved[id_from_url(item["url"])] = str(item.get("status") or "")
             except RossumError as exc:
                 log.warning("could not read back the status of %s: %s", missing[:20], exc)
+            error = await self._move_marked_meanwhile(queue_id, docs, moved) or error
         return moved, error
+
+    async def _move_marked_meanwhile(
+        self, queue_id: int, docs: Sequence[DocState], moved: dict[int, str]
+    ) -> RossumError | None:
+        """Delivered by this run, but an overlapping run that failed its own attempt marked
+        them ``failed_export`` after this run read them ``confirmed``: the delivery is what is
+        true (and no later run would pick a ``failed_export`` annotation up), so move them."""
+        stale = [
+            d.annotation_id
+            for d in docs
+            if d.status == "confirmed" and moved.get(d.annotation_id) == "failed_export"
+        ]
+        if not stale:
+            return None
+        try:
+            await gather_limited(
+                (self.client.set_status(i, "confirmed") for i in stale), self.concurrency
+            )
+            moved.update(await self.client.move_to_status(queue_id, stale))
+        except RossumError as exc:
+            return exc
+        return None
 
     async def finalize(self, batch: ExportBatch) -> list[DocReport]:
         """Move successes to ``exported`` in one call; failures to ``failed_export``."""
@@ -437,10 +460,17 @@ class ExportEngine:
                         "the next run will move it"
                     )
         sem = asyncio.Semaphore(self.concurrency)
+        delivered_elsewhere = self.rest.delivered_by_another_run(failed) if failed else set()
 
         async def fail(doc: DocState) -> None:
             assert doc.error is not None
             doc.message = self.redactor(doc.error.message())
+            if doc.annotation_id in delivered_elsewhere:
+                # an overlapping run took the failed call over and delivered it: its result
+                # stands (it moves the annotation), this run's failure is stale
+                doc.outcome = "not_moved"
+                doc.message = f"{doc.message}; but another run delivered it since: left to it"
+                return
             # Counted apart: the target may have created the document (check before retrying).
             uncertain: Outcome | None = "failed_uncertain" if doc.error.uncertain else None
             if self.dry_run or self.on_failure == "keep_confirmed":

@@ -64,6 +64,9 @@ from .rest_request import (
 from .soap import soap_fault
 from .targets import Targets
 
+LOOKUP_FOUND = "reconcile lookup: found the record, adopted it"
+LOOKUP_NOT_FOUND = "reconcile lookup: no record; the ERP did not book it"
+
 Store = Callable[[DocState, str, list[tuple[str, bytes]]], Awaitable[None]]
 
 
@@ -96,6 +99,8 @@ class RestSender:
         self._tokens: dict[str, tuple[str, float]] = {}
         self._token_lock = asyncio.Lock()
         self._redacted: dict[int, Any] = {}
+        # (annotation id, step) -> ledger key of the call this run claimed
+        self._claimed: dict[tuple[int, str], str] = {}
 
     async def _http_client(self, endpoint: RestEndpoint) -> httpx.AsyncClient:
         key = (
@@ -251,6 +256,7 @@ class RestSender:
             )
         except EffectBusy as exc:
             return doc.leave_to_holder(exc)
+        self._claimed[(doc.annotation_id, step.name)] = key
         history: tuple[str, ...] = ()
         maybe_processed = False
         found: dict[str, Any] | None = None
@@ -326,6 +332,20 @@ class RestSender:
                 outcome.error.mark_delivery(uncertain=False, attempts=history)
         outcome.raise_for_status()
         return True
+
+    def delivered_by_another_run(self, docs: list[DocState]) -> set[int]:
+        """Annotations whose REST step failed in this run but is ``done`` in the ledger now: an
+        overlapping run took the failed call over and delivered it. Marking them
+        ``failed_export`` would overwrite that run's result with a stale failure."""
+        keys: dict[str, int] = {}
+        for doc in docs:
+            step = doc.error.step if doc.error is not None else None
+            key = self._claimed.get((doc.annotation_id, step or ""))
+            if key is not None:
+                keys[key] = doc.annotation_id
+        if not keys:
+            return set()
+        return {keys[k] for k, e in self.ledger.get_many(keys).items() if e.state == "done"}
 
     def idempotency(self, step: RestStep) -> Idempotency:
         """The step's ``idempotency``, else the pipeline default, else the target block's
@@ -403,6 +423,13 @@ class RestSender:
             history += exc.history
             maybe_processed = maybe_processed or exc.maybe_processed
             uncertain = endpoint.method == "POST" and maybe_processed
+            if uncertain and mode == "reconcile":
+                # no attempt left: the lookup settles the last one, as before any resend
+                found = await self._reconcile(step, doc, endpoint, key, auth, secrets, history)
+                if found is not None:
+                    return found, (*history, LOOKUP_FOUND), maybe_processed, True
+                # no answer came back: the target may still be booking it
+                history += ("reconcile lookup: no record yet; the call may still be processed",)
             await self.writes.finish(
                 key,
                 ok=False,
@@ -428,6 +455,8 @@ class RestSender:
             raise error from exc
         if adopted:
             return adopted[0], history + result.history, maybe_processed, True
+        history += result.history
+        maybe_processed = maybe_processed or result.maybe_processed
         record = build_response_record(
             result.status_code,
             result.headers,
@@ -435,7 +464,22 @@ class RestSender:
             url=result.url,
             elapsed_s=result.elapsed_s,
         )
-        return record, history + result.history, maybe_processed or result.maybe_processed, False
+        if (
+            mode == "reconcile"
+            and endpoint.method == "POST"
+            and maybe_processed
+            and result.status_code >= 500
+        ):
+            # The last attempt failed with a 5xx and none is left. Without a lookup the
+            # document would fail with "outcome unknown" although the ERP may have booked it
+            # (and a retry by hand could book it twice): the lookup settles it either way.
+            found = await self._reconcile(step, doc, endpoint, key, auth, secrets, history)
+            if found is not None:
+                return found, (*history, LOOKUP_FOUND), maybe_processed, True
+            # It answered every attempt and has no record of it (each earlier attempt was
+            # looked up before its resend): not booked, so "not delivered".
+            return record, (*history, LOOKUP_NOT_FOUND), False, False
+        return record, history, maybe_processed, False
 
     async def _reconcile(
         self,

@@ -108,6 +108,53 @@ async def test_reconcile_adopts_the_invoice_booked_before_a_503(rig):
     assert [e.state for e in effects] == ["done"] and effects[0].result.get("reconciled")
 
 
+async def test_reconcile_adopts_the_invoice_when_the_last_attempt_fails_after_booking(rig):
+    """No attempt left after a 503 that booked: the lookup still settles it (found at the
+    two-host scale test: such a document ended failed_export "outcome unknown" although the
+    ERP had booked it)."""
+    ids = rig.sandbox.seed(queue=1, count=2, status="confirmed")
+    numbers = await invoice_numbers(rig, ids)
+    flaky = numbers[ids[0]]
+    rig.erp.configure(
+        {
+            "ignore_idempotency_key": True,
+            "fail_when_body_contains": {flaky: {"status": 503, "books": True}},
+        }
+    )
+    use_target(rig, max_attempts=1)
+    reports = await rig.run(pipeline("reconcile"), ids)
+    assert {r.annotation_id: r.outcome for r in reports} == dict.fromkeys(ids, "exported")
+    assert booked_numbers(rig) == Counter(numbers.values())
+    adopted = next(d["id"] for d in rig.erp.booked() if d["json"]["number"] == flaky)
+    assert (await erp_ids_written_back(rig, ids))[ids[0]] == adopted
+    assert Counter(r["method"] for r in rig.erp.received()) == {"POST": 2, "GET": 1}
+    effects = Ledger(rig.state / "ledger.db").for_subject("delivery", str(ids[0]))
+    assert [e.state for e in effects] == ["done"] and effects[0].result.get("reconciled")
+
+
+async def test_reconcile_says_not_delivered_when_the_last_503_booked_nothing(rig):
+    ids = rig.sandbox.seed(queue=1, count=1, status="confirmed")
+    number = (await invoice_numbers(rig, ids))[ids[0]]
+    rig.erp.configure(
+        {"ignore_idempotency_key": True, "fail_when_body_contains": {number: {"status": 503}}}
+    )
+    use_target(rig, max_attempts=2)
+    reports = await rig.run(pipeline("reconcile"), ids)
+    assert reports[0].outcome == "failed_export", reports[0].message
+    assert "not delivered" in reports[0].message and "outcome unknown" not in reports[0].message
+    assert "no record; the ERP did not book it" in reports[0].message
+    assert booked_numbers(rig)[number] == 0
+    # a lookup before the resend and one after the last attempt
+    assert Counter(r["method"] for r in rig.erp.received()) == {"POST": 2, "GET": 2}
+
+    # the retry the message allows sends it once, without a needless lookup
+    rig.erp.configure({"ignore_idempotency_key": True})
+    again = await rig.run(pipeline("reconcile"), ids)
+    assert again[0].outcome == "exported", again[0].message
+    assert booked_numbers(rig)[number] == 1
+    assert Counter(r["method"] for r in rig.erp.received()) == {"POST": 3, "GET": 2}
+
+
 async def test_header_mode_books_duplicates_at_an_erp_ignoring_the_key(rig):
     """The failure reconcile exists for: resending with the key is not enough here."""
     ids = rig.sandbox.seed(queue=1, count=1, status="confirmed")

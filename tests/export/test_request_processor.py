@@ -484,11 +484,28 @@ async def test_timeout_default_fails_and_ignore_timeout_skips(rig: ExportRig) ->
     ids = rig.sandbox.seed(queue=1, count=2, status="confirmed")
     request = {"url": rig.erp.url + "/api/slow", "method": "POST", "timeout": 0.3}
     reports = await rig.run(one_call(request), ids[:1])
-    assert reports[0].outcome == "failed_export"
+    assert reports[0].outcome == "failed_uncertain"  # annotation status: failed_export
+    assert (await rig.statuses(ids[:1])) == {ids[0]: "failed_export"}
     assert "timed out after 0.3 s" in reports[0].message
+    # the POST reached the ERP: it may have booked it (issue 14: say so)
+    assert "outcome unknown" in reports[0].message
+    assert f"whether annotation {ids[0]} was processed" in reports[0].message
     reports = await rig.run(one_call({**request, "ignore_timeout": True}), ids[1:])
     assert reports[0].outcome == "exported"
     assert "timed out" in reports[0].warnings and "ignore_timeout" in reports[0].warnings
+
+
+async def test_a_5xx_says_outcome_unknown_and_a_4xx_not_delivered(rig: ExportRig) -> None:
+    ids = rig.sandbox.seed(queue=1, count=2, status="confirmed")
+    request = {"url": rig.erp.url + "/api/invoices", "method": "POST"}
+    rig.erp.configure({"default": {"status": 503, "body": {"error": "busy"}, "books": True}})
+    reports = await rig.run(one_call(request), ids[:1])
+    assert reports[0].outcome == "failed_uncertain", reports[0].message
+    assert "outcome unknown" in reports[0].message and "HTTP 503" in reports[0].message
+    rig.erp.configure({"default": {"status": 422, "body": {"error": "bad VAT"}}})
+    reports = await rig.run(one_call(request), ids[1:])
+    assert reports[0].outcome == "failed_export"
+    assert "not delivered" in reports[0].message and "outcome unknown" not in reports[0].message
 
 
 async def test_parent_relation_content_iterated_as_multipart_with_priority_handlers(

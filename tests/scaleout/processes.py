@@ -258,16 +258,54 @@ def wait_healthy(server: Service, url: str, timeout: float) -> float:
     raise TimeoutError(f"{server.name} not healthy after {timeout:.0f} s:\n{server.output()}")
 
 
-def start_worker(root: Path, api_url: str, pool: str, name: str, limit: int) -> Service:
-    home = root / f"{name}-home"
+def start_worker(
+    root: Path,
+    api_url: str,
+    pool: str,
+    name: str,
+    limit: int,
+    *,
+    home: Path | None = None,
+    work_queue: str | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> Service:
+    """``prefect worker start`` with its own ``PREFECT_HOME`` (``home``, by default
+    ``root/<name>-home``); ``env`` adds variables (e.g. ``HOME``, ``ROSSFLOW_STATE_URL``) that
+    its flow-run subprocesses inherit; ``work_queue`` limits it to one queue of the pool."""
+    home = home or root / f"{name}-home"
     home.mkdir(parents=True, exist_ok=True)
-    env = prefect_env(
+    worker_env = prefect_env(
         home,
         PREFECT_API_URL=api_url,
         PREFECT_WORKER_QUERY_SECONDS="1",
         PREFECT_WORKER_HEARTBEAT_SECONDS="10",
         PREFECT_LOGGING_LEVEL="INFO",
     )
+    worker_env.update(env or {})
     args = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
     args += ["--name", name, "--limit", str(limit), "--install-policy", "never"]
-    return Service(name, args, env, root / f"{name}.log")
+    if work_queue:
+        args += ["--work-queue", work_queue]
+    return Service(name, args, worker_env, log or root / f"{name}.log")
+
+
+def kill_tree(*services: Service) -> list[int]:
+    """SIGKILL services and every process they started, all at once (a machine losing power:
+    nothing gets to clean up); returns the pids killed."""
+    procs: list[psutil.Process] = []
+    for service in services:
+        try:
+            root = psutil.Process(service.proc.pid)
+            procs += [*root.children(recursive=True), root]
+        except psutil.NoSuchProcess:
+            continue
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    for service in services:
+        service.stop()  # reaps the worker and closes its log
+    return [p.pid for p in procs]

@@ -8,9 +8,9 @@ all 7), the export flow deployed from this checkout, the Rossum sandbox and the 
 
 Seven flow runs are started at once: five over disjoint slices of 100 annotation ids and two over
 the whole queue, so that runs overlap on the same annotations on purpose. All runs share one
-``state_dir`` (the SQLite ledger) because both workers are on this machine; across machines the
-ERP's ``Idempotency-Key`` and per-queue deployment concurrency carry the guarantee instead (see
-docs/deploy.md).
+``state_dir`` (the SQLite ledger) because both workers are on this machine. Two hosts sharing
+rossflow's state on PostgreSQL, with an ERP that ignores ``Idempotency-Key``, are
+test_two_hosts_chaos.py.
 """
 
 from __future__ import annotations

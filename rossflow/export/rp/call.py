@@ -27,6 +27,7 @@ from rossflow.export.rp.http import (
     safe_url,
 )
 from rossflow.export.rp.templates import Column, Scope, Unresolved, fill, resolve_path
+from rossflow.http.retry import may_have_arrived
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -209,7 +210,7 @@ class CallApi(ResponseHandlers):
                     if handler_error
                     else ""
                 )
-                raise StepError(
+                error = StepError(
                     f"HTTP {status} from {request.get('method', '').upper()} request "
                     f"(set compat.non_2xx: record to only record it, as Rossum does){also}",
                     step=step.name,
@@ -218,6 +219,11 @@ class CallApi(ResponseHandlers):
                     reply=str(response.get("text") or ""),
                     secrets=secrets,
                 )
+                if delivery_state == "delivered":
+                    method = str(request.get("method") or "")
+                    uncertain = _may_have_booked(method, status=status)
+                    raise _delivery_marked(error, doc, uncertain=uncertain)
+                raise error
         if handler_error is not None:
             raise handler_error
 
@@ -251,31 +257,64 @@ class CallApi(ResponseHandlers):
                 reply = await self._http.send(encoded.build())
             elapsed = time.monotonic() - started
         except httpx.TimeoutException as exc:
-            self.ledger.finish(key, ok=False, result={"error": type(exc).__name__})
+            uncertain = _may_have_booked(encoded.method, exc)
+            result = {"error": type(exc).__name__, "uncertain": uncertain}
+            self.ledger.finish(key, ok=False, result=result)
             if request.get("ignore_timeout"):
                 doc.warnings.append(
                     f"[{step.name}] request {seq} timed out after {encoded.timeout_s:g} s; "
                     "skipped (ignore_timeout)"
                 )
                 return None
-            raise DeliveryError(
-                f"request timed out after {encoded.timeout_s:g} s ({type(exc).__name__}); "
-                "raise request.timeout or set ignore_timeout",
-                step=step.name,
-                target=safe_url(encoded.url),
-                retryable=True,
-                secrets=self._secret_list(step),
+            raise _delivery_marked(
+                DeliveryError(
+                    f"request timed out after {encoded.timeout_s:g} s ({type(exc).__name__}); "
+                    "raise request.timeout or set ignore_timeout",
+                    step=step.name,
+                    target=safe_url(encoded.url),
+                    retryable=True,
+                    secrets=self._secret_list(step),
+                ),
+                doc,
+                uncertain=uncertain,
             ) from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            self.ledger.finish(key, ok=False, result={"error": type(exc).__name__})
-            raise DeliveryError(
-                f"request failed: {type(exc).__name__}: {exc}",
-                step=step.name,
-                target=safe_url(encoded.url),
-                retryable=True,
-                secrets=self._secret_list(step),
+            uncertain = _may_have_booked(encoded.method, exc)
+            result = {"error": type(exc).__name__, "uncertain": uncertain}
+            self.ledger.finish(key, ok=False, result=result)
+            raise _delivery_marked(
+                DeliveryError(
+                    f"request failed: {type(exc).__name__}: {exc}",
+                    step=step.name,
+                    target=safe_url(encoded.url),
+                    retryable=True,
+                    secrets=self._secret_list(step),
+                ),
+                doc,
+                uncertain=uncertain,
             ) from exc
         return response_object(reply, elapsed)
+
+
+def _may_have_booked(method: str, exc: BaseException | None = None, status: int = 0) -> bool:
+    """A POST that failed after it may have reached the target (a timeout or dropped
+    connection after sending, or a 5xx): the target may have processed it. Like REST steps,
+    other methods are taken as safe to repeat."""
+    if method.upper() != "POST":
+        return False
+    return status >= 500 if exc is None else may_have_arrived(exc)
+
+
+def _delivery_marked(error: StepError, doc: DocLike, *, uncertain: bool) -> StepError:
+    """Say whether the call may have been processed ("outcome unknown", what to check) or
+    certainly was not ("not delivered"). call_api sends each request once, as Rossum does:
+    a rerun sends it again, so the operator must check the target before retrying."""
+    if uncertain:
+        error.reason += (
+            f". Check in the target whether annotation {doc.annotation_id} was processed "
+            "before retrying: a retry sends the request again"
+        )
+    return error.mark_delivery(uncertain=uncertain, attempts=())
 
 
 def _effect_key(annotation_id: int, step: str, seq: int, encoded: EncodedRequest) -> str:
