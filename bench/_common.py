@@ -356,6 +356,36 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
+def settle(
+    pids: dict[str, int],
+    *,
+    busy_cpu_s_per_s: float = 0.1,
+    quiet_s: float = 1.0,
+    limit_s: float = 30.0,
+) -> tuple[float, dict[str, float]]:
+    """Wait until the services are quiet: their CPU together below ``busy_cpu_s_per_s`` (10 %
+    of one core) for ``quiet_s`` in a row, at most ``limit_s``.
+
+    A Prefect server goes on recording a finished flow run's events for seconds after it ends;
+    without this, the next measured run (any variant) shares the cores with that backlog.
+    Returns the seconds waited and the CPU each service used in its last second (above the
+    threshold only if ``limit_s`` ran out)."""
+    started = time.monotonic()
+    step = 0.25
+    quiet = 0.0
+    last = {name: tree_cpu_s(pid) for name, pid in pids.items()}
+    rates: dict[str, float] = {}
+    while time.monotonic() - started < limit_s:
+        time.sleep(step)
+        now = {name: tree_cpu_s(pid) for name, pid in pids.items()}
+        rates = {name: (now[name] - last[name]) / step for name in pids}
+        last = now
+        quiet = quiet + step if sum(rates.values()) < busy_cpu_s_per_s else 0.0
+        if quiet >= quiet_s:
+            break
+    return time.monotonic() - started, rates
+
+
 def load_average() -> float:
     """1-minute load average (the benchmarks warn when the machine is busy)."""
     try:

@@ -59,6 +59,7 @@ from bench._common import (
     peak_rss_self_bytes,
     render_table,
     run_measured,
+    settle,
     start_erp,
     start_prefect_server,
     start_sandbox,
@@ -682,6 +683,10 @@ class Bench:
         spec = self.spec(kind, n, rate)
         env = self.prefect.client_env() if (kind == "flow" and self.prefect) else child_env()
         pids = self._services()
+        waited, rates = settle(pids)  # e.g. the Prefect server still recording the last run
+        if waited > 1.5:
+            busy = ", ".join(f"{k} {v:.0%}" for k, v in rates.items() if v >= 0.01) or "quiet"
+            self.log(f"  waited {waited:.1f} s for the services to settle (last second: {busy})")
         cpu_before = {name: tree_cpu_s(pid) for name, pid in pids.items()}
         load_before = load_average()
         measured = self.child(kind, spec, env)
