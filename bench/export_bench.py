@@ -1026,7 +1026,7 @@ def report(results: list[Result], args: argparse.Namespace, skipped: list[str]) 
         out.append(
             f"  NOTE  the machine was busy (1-min load average above {os.cpu_count()}) during "
             f"{len(busy)} of {len(results)} runs: throughput numbers are pessimistic; "
-            "CPU ms/doc is the load-independent figure"
+            "CPU ms/doc moves less"
         )
     out += ["", "Markdown:", "", render_table(headers, rows, markdown=True), ""]
     out += [f"{line}  " for line in notes(results)]
