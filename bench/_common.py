@@ -332,11 +332,21 @@ def tree_rss(proc: psutil.Process) -> int:
 
 def tree_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process and its live descendants (0 if it is gone)."""
+    return procs_cpu_s(process_tree(pid))
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and its live descendants now (empty if it is gone). Finding them scans /proc
+    (~1 ms); keep the list where CPU is read often, e.g. inside a measured window."""
     try:
         proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
+        return [proc, *proc.children(recursive=True)]
     except psutil.Error:
-        return 0.0
+        return []
+
+
+def procs_cpu_s(procs: list[psutil.Process]) -> float:
+    """User + system CPU seconds of these processes (those gone count 0)."""
     total = 0.0
     for p in procs:
         with contextlib.suppress(psutil.Error):
@@ -368,8 +378,8 @@ def settle(
 
     A Prefect server goes on recording a finished flow run's events for seconds after it ends;
     without this, the next measured run (any variant) shares the cores with that backlog.
-    Returns the seconds waited and the CPU each service used in its last second (above the
-    threshold only if ``limit_s`` ran out)."""
+    Returns the seconds waited and each service's CPU rate (cores) over the last 0.25 s
+    (above the threshold only if ``limit_s`` ran out)."""
     started = time.monotonic()
     step = 0.25
     quiet = 0.0

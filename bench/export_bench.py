@@ -57,6 +57,8 @@ from bench._common import (
     fmt_num,
     load_average,
     peak_rss_self_bytes,
+    process_tree,
+    procs_cpu_s,
     render_table,
     run_measured,
     settle,
@@ -124,20 +126,20 @@ class _Window:
         self.last: float | None = None
         self.cpu_first = self.cpu_last = 0.0  # process CPU (all threads) at those moments
         self.server_pid = server_pid
+        # found once: reading their CPU is then cheap enough for every Rossum response
+        self.server_procs = process_tree(server_pid) if server_pid else []
         self.server_first = self.server_last = 0.0
 
     def start(self) -> None:
         if self.first is None:
             self.first = time.monotonic()
             self.cpu_first = time.process_time()
-            if self.server_pid:
-                self.server_first = tree_cpu_s(self.server_pid)
+            self.server_first = procs_cpu_s(self.server_procs)
 
     def end(self) -> None:
         self.last = time.monotonic()
         self.cpu_last = time.process_time()
-        if self.server_pid:
-            self.server_last = tree_cpu_s(self.server_pid)
+        self.server_last = procs_cpu_s(self.server_procs)
 
     @property
     def seconds(self) -> float | None:
