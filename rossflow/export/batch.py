@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -78,6 +79,14 @@ class ExportBatch:
     docs: list[DocState]
     started: float = field(default_factory=time.monotonic)
     any_status: bool = False  # replay: the annotations need not be ``confirmed``
+    # Called once when every active document of the batch's last stage holds or has held a
+    # delivery slot: the run loop then lets the next batch start delivering (see run.py).
+    on_dispatched: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    def dispatched(self) -> None:
+        callback, self.on_dispatched = self.on_dispatched, None
+        if callback is not None:
+            callback()
 
     @property
     def ids(self) -> list[int]:

@@ -406,10 +406,14 @@ class ExportContext:
     @property
     def values(self) -> dict[str, Any]:
         """Flat lookup for ``@{schema_id}`` placeholders."""
+        return dict(self.shared_values())
+
+    def shared_values(self) -> Mapping[str, Any]:
+        """:attr:`values` without the copy, for readers that never change it (a resolver)."""
         found = self._derived.get("values")
         if found is None:
             found = self._derived["values"] = value_lookup(self.content, self.overlay)
-        return dict(found)
+        return found
 
     def value(self, schema_id: str, default: Any = None) -> Any:
         """Value of a datapoint (overlay first), or ``default``."""
@@ -445,8 +449,14 @@ def build_context(
     original_file: Callable[[], bytes] | None = None,
     plain_multivalue: PlainMultivalue = "list",
     overlay: Mapping[str, Any] | None = None,
+    copy_content: bool = True,
 ) -> ExportContext:
-    """Build the context of one export item (or an ``annotation_content`` hook payload)."""
+    """Build the context of one export item (or an ``annotation_content`` hook payload).
+
+    The context gets its own copy of the content unless ``copy_content`` is false: for a
+    caller that parsed the item for this context alone (a page read for one batch), the copy
+    is ~0.1 ms per invoice for nothing.
+    """
     if "annotation" in item and isinstance(item["annotation"], Mapping):
         content = item["annotation"].get("content") or []
     else:
@@ -456,7 +466,7 @@ def build_context(
     payload = build_payload(item)
     return ExportContext(
         item=item,
-        content=deep_copy(content),
+        content=deep_copy(content) if copy_content else content,
         payload=payload,
         file=FileAccessor(
             original_file, original_file_name=payload["document"].get("original_file_name")

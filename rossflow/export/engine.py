@@ -179,7 +179,8 @@ class ExportEngine:
                 return originals[doc_id]
 
             try:
-                ctx = build_context(item, original_file=original)
+                # the page was read for this batch alone: its content needs no copy
+                ctx = build_context(item, original_file=original, copy_content=False)
             except StepError as exc:
                 ctx = build_context({**item, "content": []})
                 state = DocState(ann_id, queue_id, document.get("file_name") or "", ctx)
@@ -242,11 +243,19 @@ class ExportEngine:
         step = self.pipeline.step(step_name)
         sem = self._slots
         counts = {"ran": 0, "skipped": 0, "failed": 0}
+        # The step that reaches another system: once the last of its documents has a slot, the
+        # batch tells the run loop, which lets the next batch start while this one's tail runs.
+        waiting = -1 if self.step_is_local(step_name) else sum(1 for d in batch.docs if d.active)
 
         async def one(doc: DocState) -> None:
+            nonlocal waiting
             if not doc.active:
                 return
             async with sem:
+                if waiting > 0:
+                    waiting -= 1
+                    if waiting == 0:
+                        batch.dispatched()
                 try:
                     if not step_enabled(step, doc.ctx):
                         counts["skipped"] += 1

@@ -174,7 +174,7 @@ class PlaceholderResolver:
     def __init__(
         self,
         *,
-        values: Mapping[str, Any] | None = None,
+        values: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
         content: Sequence[Node] | None = None,
         secrets: Mapping[str, Any] | None = None,
         file_content: Loadable = None,
@@ -182,14 +182,25 @@ class PlaceholderResolver:
         step: str | None = None,
     ) -> None:
         self.content: list[Node] = list(content or [])
-        self.values: dict[str, Any] = (
-            dict(values) if values is not None else value_lookup(self.content)
+        # A callable is read on first use (never changed here): most requests have no
+        # ``@{schema_id}``, and the lookup walks the whole content.
+        self._values_from = values if callable(values) else None
+        self._values: Mapping[str, Any] | None = (
+            None if callable(values) or values is None else dict(values)
         )
         self.secrets = dict(secrets or {})
         self._file_content = file_content
         self._original_file = original_file
         self.step = step
         self.used_secrets: set[str] = set()
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        """The flat ``schema_id -> value`` lookup."""
+        if self._values is None:
+            source = self._values_from
+            self._values = source() if source is not None else value_lookup(self.content)
+        return self._values
 
     # -- public -----------------------------------------------------------------------------
 
@@ -421,7 +432,7 @@ def resolver_for(
 ) -> PlaceholderResolver:
     """Resolver bound to one annotation context (original file loads lazily)."""
     return PlaceholderResolver(
-        values=ctx.values,
+        values=ctx.shared_values,
         content=ctx.content,
         secrets=secrets,
         file_content=file_content,

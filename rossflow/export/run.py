@@ -193,12 +193,30 @@ async def export_queue(
         await progress(queue_id, 0, total)
     reports: list[DocReport] = []
 
+    delivering = asyncio.Semaphore(max(1, batches_in_flight))
+
     async def process(items: Items, no: int) -> None:
         batch = await steps.prepare(queue_id, no, items)
         if annotation_ids:
             batch.any_status = True
-        for group in groups:
-            await steps.run_stage(batch, group, queue_id, no)
+        if groups:
+            await delivering.acquire()
+            released = False
+
+            def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    delivering.release()
+
+            try:
+                for index, group in enumerate(groups):
+                    if index == len(groups) - 1:
+                        batch.on_dispatched = release
+                    await steps.run_stage(batch, group, queue_id, no)
+            finally:
+                batch.on_dispatched = None
+                release()
         done = await steps.finalize(batch, local_tail, queue_id, no)
         reports.extend(done)
         for report in done:  # skipped stages, abandoned calls, recorded non-2xx: never silent
@@ -219,12 +237,18 @@ async def export_queue(
         ledger=ledger,
         replay=replay,
     )
-    await in_flight(pages, process, batches_in_flight)
+    await in_flight(pages, process, _alive(batches_in_flight))
     for refusal in replay.refused:
         logger.warning("queue %s: %s", queue_id, refusal.message)
     if replay.missing:
         logger.warning("queue %s: not in this queue: %s", queue_id, replay.missing[:20])
     return reports + replay.refused
+
+
+def _alive(batches_in_flight: int) -> int:
+    """Batches held in memory at once: those delivering, as many finishing (their tail of
+    calls, their status move) and one prepared to start as soon as a delivery slot frees."""
+    return 2 * max(1, batches_in_flight) + 1
 
 
 async def run_export(

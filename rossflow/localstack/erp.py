@@ -12,7 +12,8 @@ Control endpoints (all JSON)::
     PATCH  /_erp/config      merge top-level keys into the config
     GET    /_erp/received    list of recorded requests
     DELETE /_erp/received    forget requests, stats, idempotency keys (config is kept)
-    GET    /_erp/stats       {"requests", "documents", "duplicates", "token_requests", "by_status"}
+    GET    /_erp/stats       {"requests", "documents", "duplicates", "token_requests", "by_status",
+                              "max_in_flight" (most /api/ requests being answered at once)}
     POST   /_erp/revoke      invalidate every issued OAuth2 token (to test 401 -> refresh)
     POST   /oauth/token      OAuth2 client-credentials token endpoint
 
@@ -172,12 +173,24 @@ class ErpState:
                 "duplicates": 0,
                 "token_requests": 0,
                 "by_status": Counter(),
+                "max_in_flight": 0,
             }
+            self._in_flight = 0
             self._script_left = [int(e.get("times", 1)) for e in self.config["script"]]
 
     def revoke_tokens(self) -> None:
         with self._lock:
             self._tokens.clear()
+
+    def enter(self) -> None:
+        """A request arrived: counts how many are being answered at once (``max_in_flight``)."""
+        with self._lock:
+            self._in_flight += 1
+            self.stats["max_in_flight"] = max(self.stats["max_in_flight"], self._in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
 
     def snapshot_received(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -549,20 +562,24 @@ def create_app(state: ErpState) -> Starlette:
     """The ASGI app serving ``state`` (exposed so it can also be served with TLS)."""
 
     async def api(request: Request) -> Response:
-        body = await request.body()
-        summary, invalid = await _summarize_body(request, body)
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        status, out_headers, out_body, ctype, latency = state.handle(
-            method=request.method,
-            path=request.url.path,
-            headers=headers,
-            body=body,
-            summary=summary,
-            invalid=invalid,
-            url=str(request.url),
-        )
-        if latency > 0:
-            await asyncio.sleep(latency)
+        state.enter()
+        try:
+            body = await request.body()
+            summary, invalid = await _summarize_body(request, body)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            status, out_headers, out_body, ctype, latency = state.handle(
+                method=request.method,
+                path=request.url.path,
+                headers=headers,
+                body=body,
+                summary=summary,
+                invalid=invalid,
+                url=str(request.url),
+            )
+            if latency > 0:
+                await asyncio.sleep(latency)
+        finally:
+            state.leave()
         return Response(out_body, status_code=status, headers=out_headers, media_type=ctype)
 
     async def config(request: Request) -> Response:

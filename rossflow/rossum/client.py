@@ -30,6 +30,7 @@ from typing import IO, Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+import orjson
 
 from rossflow.http import (
     BlockingTransport,
@@ -61,6 +62,18 @@ from .ratelimit import (
 )
 
 log = logging.getLogger("rossflow.rossum")
+
+
+def _json(resp: httpx.Response) -> Any:
+    """The reply's JSON through orjson (a page of 100 annotations parses ~3× faster than with
+    the standard library); whatever orjson refuses (NaN, another encoding) goes to httpx.
+    One difference: an integer beyond 64 bits would read as a float. Rossum sends none (its
+    numbers are ids, counts, scores and coordinates; field values are strings)."""
+    try:
+        return orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        return resp.json()
+
 
 MAX_PAGE_SIZE = 100
 UPLOAD_LIMIT_BYTES = 40 * 1024 * 1024
@@ -250,7 +263,7 @@ class RossumClient:
         if self._max_token_lifetime_s:
             body["max_token_lifetime_s"] = self._max_token_lifetime_s
         resp = await self._send("POST", "/v1/auth/login", json=body, idempotent=True, auth=False)
-        token = resp.json()["key"]
+        token = _json(resp)["key"]
         key = self._cache_key
         if key:
             with _token_lock:
@@ -465,7 +478,7 @@ class RossumClient:
 
     async def get_json(self, path_or_url: str, params: Mapping[str, Any] | None = None) -> Any:
         resp = await self.request("GET", path_or_url, params=params)
-        return resp.json()
+        return _json(resp)
 
     async def paginate(
         self, path_or_url: str, params: Mapping[str, Any] | None = None
@@ -500,11 +513,11 @@ class RossumClient:
 
     async def create_hook(self, hook: Mapping[str, Any]) -> dict[str, Any]:
         resp = await self.request("POST", "/v1/hooks", json=dict(hook))
-        return resp.json()
+        return _json(resp)
 
     async def update_hook(self, hook_id: int, changes: Mapping[str, Any]) -> dict[str, Any]:
         resp = await self.request("PATCH", f"/v1/hooks/{hook_id}", json=dict(changes))
-        return resp.json()
+        return _json(resp)
 
     # -- upload ----------------------------------------------------------------------------
 
@@ -543,7 +556,7 @@ class RossumClient:
         finally:
             if close:
                 stream.close()
-        body = resp.json() if resp.content else {}
+        body = _json(resp) if resp.content else {}
         task_url = body.get("url") or resp.headers.get("Location")
         if not task_url:
             raise RossumAPIError(
@@ -592,7 +605,7 @@ class RossumClient:
             idempotent=False,
             rewind=[stream for _, stream, _ in files],
         )
-        body = resp.json() if resp.content else {}
+        body = _json(resp) if resp.content else {}
         task_url = body.get("url") or resp.headers.get("Location")
         if not task_url:
             raise RossumAPIError(
@@ -700,7 +713,7 @@ class RossumClient:
         finally:
             if close:
                 stream.close()
-        return resp.json()
+        return _json(resp)
 
     # -- annotations -----------------------------------------------------------------------
 
@@ -738,7 +751,7 @@ class RossumClient:
         self, annotation_id: int, changes: Mapping[str, Any]
     ) -> dict[str, Any]:
         resp = await self.request("PATCH", f"/v1/annotations/{annotation_id}", json=dict(changes))
-        return resp.json()
+        return _json(resp)
 
     async def set_status(
         self,
@@ -779,7 +792,7 @@ class RossumClient:
             json={"operations": ops},
             idempotent=all(o.get("op") in {"replace", "remove"} for o in ops),
         )
-        return resp.json() if resp.content else {}
+        return _json(resp) if resp.content else {}
 
     async def replace_values(self, annotation_id: int, values: Mapping[int, Any]) -> dict[str, Any]:
         """Write datapoint values by datapoint id (one bulk request)."""
@@ -795,7 +808,7 @@ class RossumClient:
 
     async def start(self, annotation_id: int) -> dict[str, Any]:
         resp = await self.request("POST", f"/v1/annotations/{annotation_id}/start", json={})
-        return resp.json()
+        return _json(resp)
 
     async def confirm(self, annotation_id: int) -> None:
         await self.request("POST", f"/v1/annotations/{annotation_id}/confirm", json={})
@@ -996,7 +1009,7 @@ class RossumClient:
             resp = await self.request(
                 "POST", f"/v1/queues/{queue_id}/export", params=params, idempotent=True
             )
-            for item in resp.json().get("results", []):
+            for item in _json(resp).get("results", []):
                 outcome[id_from_url(item["url"])] = item.get("status", "")
         return outcome
 
@@ -1068,7 +1081,7 @@ def _api_error(resp: httpx.Response, method: str, url: str) -> RossumAPIError:
     body: Any = None
     detail = code = None
     try:
-        body = resp.json()
+        body = _json(resp)
     except (ValueError, json.JSONDecodeError):
         text = resp.text
         detail = text[:300] if text else None
