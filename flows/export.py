@@ -35,7 +35,7 @@ from rossflow.export.report import markdown_summary, write_report_csv
 from rossflow.export.run import BatchSteps, count_outcomes, run_export
 from rossflow.export.targets import Targets
 from rossflow.ledger import Ledger
-from tasks.export import finalize_batch, prepare_batch, run_stage
+from tasks.export import finalize_batch, finish_batch, prepare_batch, run_stage
 
 
 def load_pipeline_source(pipeline: str) -> PipelineConfig:
@@ -169,9 +169,10 @@ async def export_confirmed(
 
 
 def task_steps(engine: ExportEngine) -> BatchSteps:
-    """The Prefect tasks as the run loop's batch steps: one task per stage per batch, and a
-    prepare task only when it downloads the originals from Rossum (otherwise it is local work,
-    like a template step, and runs in the flow).
+    """The Prefect tasks as the run loop's batch steps: one task per stage per batch, the last
+    one with finalize (``render+post_invoice+finalize``), and a prepare task only when it
+    downloads the originals from Rossum (otherwise it is local work, like a template step, and
+    runs in the flow).
 
     quote(): otherwise Prefect walks every object inside the task arguments (a batch of 100
     holds ~75k) looking for futures: ~70 ms of CPU per document in bench/.
@@ -190,6 +191,15 @@ def task_steps(engine: ExportEngine) -> BatchSteps:
             quote(engine), quote(batch), local, "+".join([*local, "finalize"]), queue_id, no
         ),
         is_local=engine.step_is_local,
+        finish=lambda batch, names, local, queue_id, no: finish_batch(
+            quote(engine),
+            quote(batch),
+            names,
+            local,
+            "+".join([*names, *local, "finalize"]),
+            queue_id,
+            no,
+        ),
     )
 
 

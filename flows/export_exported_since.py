@@ -23,7 +23,7 @@ from rossflow.export.batch import DocReport
 from rossflow.export.engine import ExportEngine
 from rossflow.export.exported_since import ExportedSince, ExportedSinceResult
 from rossflow.export.report import markdown_summary, write_report_csv
-from rossflow.export.run import stages
+from rossflow.export.run import run_batch, stages
 from rossflow.ledger import Ledger
 from rossflow.state.watermarks import WatermarkStore
 
@@ -36,9 +36,7 @@ async def _run_batch_as_tasks(
     batch = await steps.prepare(queue_id, batch_no, items)
     names = [step.name for step in engine.pipeline.topological_order()]
     groups, local = stages(names, steps.is_local)
-    for group in groups:
-        await steps.run_stage(batch, group, queue_id, batch_no)
-    return await steps.finalize(batch, local, queue_id, batch_no)
+    return await run_batch(steps, batch, groups, local, queue_id, batch_no)
 
 
 @flow(name="rossflow-export-exported-since", log_prints=False)

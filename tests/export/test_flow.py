@@ -92,11 +92,12 @@ async def test_flow_exports_in_batches_and_publishes_artifacts(sandbox, erp_serv
     assert {"export-report", "export-summary"} <= set(kinds)
     assert "| exported | 25 |" in kinds["export-summary"].data
     # one task per stage per batch: the REST call with the template before it; the write-back
-    # (extract) reaches Rossum, so it is a stage; the evaluation runs with finalize
+    # (extract) reaches Rossum, so it is a stage, the last one: the evaluation and finalize
+    # run in its task
     assert sorted(t.name for t in tasks) == sorted(
         f"{label} q1 b{no}"
         for no in (1, 2, 3)
-        for label in ("render+post_invoice", "keep_erp_id", "check+finalize")
+        for label in ("render+post_invoice", "keep_erp_id+check+finalize")
     )
 
 

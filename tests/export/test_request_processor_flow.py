@@ -110,9 +110,10 @@ async def test_flow_runs_each_stage_as_a_task_with_secrets_from_the_block(
         )
     assert arts and "stage 2 skipped by condition 'failed'" in str(arts[0].data)
     names = {r.name.rsplit(" q", 1)[0] for r in runs}
-    # one task per stage: a call with the local steps (evaluate) just before it
+    # one task per stage: a call with the local steps (evaluate) just before it; the last
+    # stage with finalize
     assert {
         "RP/stage-1/call_api:create",
-        "RP/stage-2/evaluate+RP/stage-2/call_api:alert",
+        "RP/stage-2/evaluate+RP/stage-2/call_api:alert+finalize",
     } <= names
     assert not any(name.endswith("/evaluate") for name in names)
