@@ -3,8 +3,8 @@
     read a page of confirmed annotations (GET, never changes status)
       → prepare batch → stage 1 → stage 2 → … (the pipeline DAG, in dependency order; a
         stage is a step that reaches another system with the local steps before it)
-      → finalize: one POST …/export?to_status=exported&id=… for the batch,
-                  PATCH failed_export + message for each failure
+      → finalize, in the last stage's task: one POST …/export?to_status=exported&id=… for
+                  the batch, PATCH failed_export + message for each failure
     → report (table + markdown artifacts, CSV run report)
 
 Anything the run cannot finish stays ``confirmed`` and is picked up by the next run.
@@ -105,7 +105,9 @@ async def export_confirmed(
         concurrency: Documents in flight per batch: a target never gets more than
             concurrency x batches_in_flight calls at once (a batch may use the slots
             another batch leaves idle).
-        batches_in_flight: Batches processed at the same time.
+        batches_in_flight: Batches delivering at the same time. A batch hands its turn to
+            the next one once the last of its documents is being sent, so its last calls
+            and its status move overlap the next batch's deliveries.
         on_failure: failed_export shows a red icon and the message in Rossum;
             keep_confirmed leaves the annotation for the next run.
         dry_run: Render and report, deliver nothing, change no status.
@@ -147,7 +149,8 @@ async def export_confirmed(
             on_failure=on_failure,
         ) as engine,
     ):
-        # pages → prepare batch → stage 1 → stage 2 → … → finalize, batches_in_flight at a time
+        # pages → prepare batch → stage 1 → … → last stage + finalize, batches_in_flight
+        # delivering at a time
         reports = await run_export(
             client,
             queues,

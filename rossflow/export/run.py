@@ -6,10 +6,15 @@
 A *stage* is one step with a side effect outside the run (a REST call, a file upload, code,
 a Request Processor call, a write-back) together with the local steps just before it
 (templates, evaluations, cleaning: pure transformations of the batch); local steps after
-the last such step run with finalize (:func:`stages`). The Prefect flow runs each stage and
-finalize as one task per batch, so the UI shows every step that touches another system, and a
-batch costs 2-3 task runs instead of one per step: each task run costs the flow and the Prefect
-server ~20 ms of CPU, ~30 % of the export's throughput at 5 per batch (docs/benchmarks-export.md).
+the last such step run with finalize (:func:`stages`). The Prefect flow runs each stage as one
+task per batch, the last one with finalize, so the UI shows every step that touches another
+system, and a batch through a one-stage pipeline costs one task run instead of one per step:
+each task run costs the Prefect server ~40 ms of CPU and the flow ~8 ms, ~30 % of the export's
+throughput at 5 per batch (docs/benchmarks-export.md).
+
+``batches_in_flight`` batches deliver at once; a batch hands its turn on as soon as the last of
+its documents holds a slot, so the next batch's documents queue for slots while this batch's
+last calls and its status move finish (the target is not left idle between batches).
 
 The Prefect flow drives this loop with its tasks as the batch callables and its progress
 artifact as the progress callback; tests and the benchmark drive it with the engine's own
