@@ -46,6 +46,7 @@ def test_erp_control_api_over_http(erp_server: ErpServer) -> None:
             "duplicates": 0,
             "token_requests": 0,
             "by_status": {"200": 1, "204": 1, "400": 1},
+            "max_in_flight": 1,  # one request after the other
         }
         received = http.get("/_erp/received").json()
         assert [r["path"] for r in received] == ["/api/orders", "/api/ping", "/api/orders"]
