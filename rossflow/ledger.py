@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +104,13 @@ class Effect:
 
 @dataclass
 class Claims:
-    """Outcome of :meth:`Ledger.claim_many`: keys already done, and keys held by others."""
+    """Outcome of :meth:`Ledger.claim_many`: keys already done, keys held by others, and the
+    keys this claim took over, with the effect as it was (read under the row lock): what an
+    earlier holder left is decided on that, not on a read made before the claim."""
 
     done: dict[str, Effect]
     busy: dict[str, str]  # key → owner
+    taken: dict[str, Effect] = field(default_factory=dict)
 
 
 class Ledger(StateStore):
@@ -226,6 +229,7 @@ class Ledger(StateStore):
                 ):
                     claims.busy[key] = holder
                     continue
+                claims.taken[key] = _effect(row)
                 conn.execute(
                     "UPDATE effects SET state='started', attempts=attempts+1, updated_at=?,"
                     " owner=?, lease_until=? WHERE key = ?",

@@ -25,7 +25,8 @@ class LedgerWrites:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._claims: list[tuple[ClaimItem, asyncio.Future[Effect | None]]] = []
+        self._claims: list[tuple[ClaimItem, asyncio.Future[tuple[Effect | None, Effect | None]]]]
+        self._claims = []
         self._finishes: list[tuple[FinishItem, asyncio.Future[None]]] = []
         self._scheduled = False
 
@@ -34,7 +35,16 @@ class LedgerWrites:
     ) -> Effect | None:
         """The effect if it is done (skip it), None if this worker now holds it (do it);
         raises :class:`EffectBusy` if another live worker holds it (leave it)."""
-        future: asyncio.Future[Effect | None] = asyncio.get_running_loop().create_future()
+        done, _ = await self.claim_over(key, kind=kind, subject=subject, step=step, target=target)
+        return done
+
+    async def claim_over(
+        self, key: str, *, kind: str, subject: str, step: str = "", target: str = ""
+    ) -> tuple[Effect | None, Effect | None]:
+        """As :meth:`claim`, and the effect as this claim found it when it took it over from
+        an earlier holder (``started`` by a process that is gone, or ``failed``), else None."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Effect | None, Effect | None]] = loop.create_future()
         self._claims.append(((key, kind, subject, step, target), future))
         self._schedule()
         return await future
@@ -77,7 +87,7 @@ class LedgerWrites:
                 if key in outcome.busy:
                     future.set_exception(EffectBusy(key, outcome.busy[key], subject, step))
                 else:
-                    future.set_result(outcome.done.get(key))
+                    future.set_result((outcome.done.get(key), outcome.taken.get(key)))
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:

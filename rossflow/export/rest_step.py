@@ -244,10 +244,10 @@ class RestSender:
             doc.dry_stopped = True
             return True
         mode = self.idempotency(step)
-        # what an earlier run left (header mode resends whatever it was: no need to read it)
-        prior = self.ledger.get(key) if mode != "header" else None
         try:
-            done = await self.writes.claim(
+            # What an earlier run left is what the claim found under its row lock: a read
+            # before the claim could miss a call another run made and finished meanwhile.
+            done, prior = await self.writes.claim_over(
                 key,
                 kind="delivery",
                 subject=str(doc.annotation_id),

@@ -116,6 +116,29 @@ def test_claim_taken_over_after_failure_expiry_or_death(state_backend: StateBack
     assert mine.get("expiring").attempts == 2  # type: ignore[union-attr]
 
 
+def test_a_claim_reports_what_it_took_over(state_backend: StateBackend) -> None:
+    """The REST step decides "outcome unknown" on what the claim found under its row lock (a
+    read before the claim missed a call another run made and finished in between: the two-host
+    scale test once saw the same invoice POSTed twice with ``idempotency: none``)."""
+    mine = ledger(state_backend)
+    other = ledger(state_backend)
+    other.owner = OTHER_HOST
+    other.claim("uncertain", kind="delivery", subject="1")
+    other.finish("uncertain", ok=False, result={"uncertain": True, "attempts": ["HTTP 503"]})
+    dead = ledger(state_backend)
+    dead.owner = json.dumps({"host": HOST, "pid": 2**22 + 12345, "proc_started": 1.0})
+    dead.claim("in flight", kind="delivery", subject="1")
+    claims = mine.claim_many(
+        [(k, "delivery", "1", "erp", "") for k in ("uncertain", "in flight", "fresh")]
+    )
+    assert claims.done == {} and claims.busy == {}
+    assert set(claims.taken) == {"uncertain", "in flight"}  # a fresh key takes nothing over
+    assert claims.taken["uncertain"].state == "failed"
+    assert claims.taken["uncertain"].result["uncertain"] is True
+    assert claims.taken["in flight"].state == "started"
+    assert mine.get("in flight").state == "started"  # type: ignore[union-attr]
+
+
 def test_ingest_leases_and_locks(state_backend: StateBackend) -> None:
     a = IngestState(state_backend.path("ingest.db"), url=state_backend.url, stale_after_s=60)
     b = IngestState(state_backend.path("ingest.db"), url=state_backend.url, stale_after_s=60)

@@ -16,7 +16,8 @@ def test_freezes_for_the_run_and_restores_after():
         assert gc.get_threshold()[0] == max(before[0], 12_345)
         with steady_heap(young_threshold=99_999):  # nested: the outer pause stays as it is
             assert gc.get_threshold()[0] == max(before[0], 12_345)
-        assert gc.get_freeze_count() == frozen
+        # still frozen after the inner block (the count drops only as frozen objects die)
+        assert 0 < gc.get_freeze_count() <= frozen
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == before
 
