@@ -72,6 +72,5 @@ async def finish_batch(
     """The last stage, the local steps after it, then finalize (``render+post_invoice+check+
     finalize``): each task run costs the Prefect server ~40 ms of CPU recording its states,
     as much as ~40 documents' deliveries (docs/benchmarks-export.md)."""
-    await engine.run_steps(batch, step_names)
-    await engine.run_steps(batch, local_steps)
+    await engine.run_steps(batch, [*step_names, *local_steps])
     return await engine.finalize(batch)

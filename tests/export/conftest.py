@@ -74,17 +74,7 @@ class ExportRig:
         **engine_kw: Any,
     ) -> list[DocReport]:
         config = load_pipeline(pipeline, code_steps=code_steps)
-        async with (
-            self.client() as client,
-            ExportEngine(
-                config,
-                client,
-                ledger=Ledger(self.state / "ledger.db"),
-                artifacts=ArtifactStore(self.state / "artifacts"),
-                targets=self.targets(),
-                **engine_kw,
-            ) as engine,
-        ):
+        async with self.client() as client, self.engine(config, client, **engine_kw) as engine:
             # the flow's run loop, driven by the engine's own methods: one batch of ``ids``
             return await export_queue(
                 client,
@@ -94,6 +84,17 @@ class ExportRig:
                 batch_size=max(1, len(ids)),
                 annotation_ids=ids,
             )
+
+    def engine(self, config: Any, client: RossumClient, **engine_kw: Any) -> ExportEngine:
+        """An engine on this rig's ledger, artifacts and targets (use it with ``async with``)."""
+        return ExportEngine(
+            config,
+            client,
+            ledger=Ledger(self.state / "ledger.db"),
+            artifacts=ArtifactStore(self.state / "artifacts"),
+            targets=self.targets(),
+            **engine_kw,
+        )
 
     async def statuses(self, ids: list[int]) -> dict[int, str]:
         async with self.client() as client:

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import time
 
-from rossflow.artifacts import ArtifactStore
-from rossflow.export.engine import ExportEngine
 from rossflow.export.loading import load_pipeline
 from rossflow.export.run import BatchSteps, engine_steps, export_queue
-from rossflow.ledger import Ledger
 
 PIPELINE = """
 name: overlap
@@ -38,15 +35,7 @@ async def test_next_batch_delivers_while_the_one_before_finishes(rig):
     events: list[tuple[str, int, float]] = []
     async with (
         rig.client() as client,
-        ExportEngine(
-            config,
-            client,
-            ledger=Ledger(rig.state / "ledger.db"),
-            artifacts=ArtifactStore(rig.state / "artifacts"),
-            targets=rig.targets(),
-            concurrency=4,
-            in_flight=4,
-        ) as engine,
+        rig.engine(config, client, concurrency=4, in_flight=4) as engine,
     ):
         base = engine_steps(engine)
 
