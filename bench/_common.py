@@ -275,7 +275,7 @@ class PrefectService(Service):
 def start_prefect_server(
     *, port: int | None = None, timeout: float = 180.0, log_dir: Path | None = None
 ) -> PrefectService:
-    """A throwaway Prefect server (SQLite in a temp home, no UI, analytics off)."""
+    """A throwaway local-stack Prefect server (SQLite in a temp home, no UI, analytics off)."""
     port = port or free_port()
     home = Path(tempfile.mkdtemp(prefix="bench-prefect-home-"))
     env = child_env(
@@ -287,14 +287,14 @@ def start_prefect_server(
         }
     )
     env.pop("PREFECT_API_URL", None)
-    prefect = Path(sys.executable).with_name("prefect")
     try:
         base = start_service(
             "prefect",
             [
-                str(prefect),
-                "server",
-                "start",
+                # Prefect's server plus a fast retry when SQLite is busy, as in `rossflow demo`
+                sys.executable,
+                "-m",
+                "rossflow.localstack.prefect_server",
                 "--host",
                 "127.0.0.1",
                 "--port",

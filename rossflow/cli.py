@@ -46,6 +46,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "list, show or export what the export stored per annotation (requests, replies)",
     ),
     "sandbox": ("sandbox.cli", "run", "run the local Rossum-compatible API server"),
+    "prefect-server": (
+        "rossflow.localstack.prefect_server",
+        "run",
+        "run Prefect's server for the local stack (fast retry when SQLite is busy)",
+    ),
     "erp": ("rossflow.localstack.erp", "run", "run the local ERP stand-in (HTTP)"),
     "sftp": ("rossflow.localstack.sftp_server", "run", "run a local SFTP server"),
     "s3": ("rossflow.localstack.s3_server", "run", "run a local S3-compatible server (moto)"),

@@ -144,9 +144,8 @@ def _start_prefect(home: Path, port: int) -> subprocess.Popen[bytes]:
         [
             sys.executable,
             "-m",
-            "prefect",
-            "server",
-            "start",
+            # Prefect's server plus a fast retry when SQLite is busy (rossflow/localstack)
+            "rossflow.localstack.prefect_server",
             "--host",
             "127.0.0.1",
             "--port",
