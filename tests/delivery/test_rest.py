@@ -471,3 +471,41 @@ def test_erp_stand_in_ignoring_the_key_books_twice_and_lookup_finds_by_field(
     assert [r["ref"] for r in found["results"]] == ["X", "X"] and found["count"] == 2
     assert none == {"count": 0, "results": []}
     assert erp_server.stats()["documents"] == 3 and erp_server.stats()["duplicates"] == 0
+
+
+async def test_a_session_cookie_set_by_the_target_is_sent_back() -> None:
+    """The delivery client skips cookie parsing for replies without Set-Cookie (CPU), and still
+    keeps a cookie a target sets, sending it on later calls."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from rossflow.localstack.uvicorn_thread import UvicornThread
+
+    seen: list[str | None] = []
+
+    async def login(request: Request) -> JSONResponse:
+        resp = JSONResponse({"ok": True}, status_code=201)
+        resp.set_cookie("session", "s-42", path="/")
+        return resp
+
+    async def invoices(request: Request) -> JSONResponse:
+        seen.append(request.cookies.get("session"))
+        return JSONResponse({"id": len(seen)}, status_code=201)
+
+    app = Starlette(
+        routes=[Route("/login", login, methods=["POST"]), Route("/api", invoices, methods=["POST"])]
+    )
+    with UvicornThread(app, name="cookie-target") as server:
+        ep = RestEndpoint(url=f"{server.url}/api", name="cookie-target", retry=FAST_RETRY)
+        async with open_rest_client(ep) as client:
+            before = await deliver(client, ep, JsonBody({}), idempotency_key=key(1))
+            assert not client.cookies  # a reply without Set-Cookie adds nothing
+            await deliver(
+                client, ep, JsonBody({}), idempotency_key=key(2), url=f"{server.url}/login"
+            )
+            after = await deliver(client, ep, JsonBody({}), idempotency_key=key(3))
+    assert before.status_code == after.status_code == 201
+    assert seen == [None, "s-42"]
+    assert client.cookies.get("session") == "s-42"
