@@ -32,7 +32,7 @@ import functools
 import json
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -255,28 +255,47 @@ def _reference_value(value: Any) -> Any:
 
 
 def build_namespace(
-    ctx: ExportContext, *, extra: Mapping[str, Any] | None = None
+    ctx: ExportContext,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    only: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """Root names visible to conditions for one annotation."""
-    flat = ctx.field
-    columns: dict[str, list[Any]] = {}
-    for node in iter_datapoints(ctx.content):
-        sid = str(node.get("schema_id"))
-        if sid not in flat:
-            columns.setdefault(sid, []).append(datapoint_value(node))
-    field_ns = FieldNamespace(flat, columns)
-    responses = {name: dict(rec) for name, rec in ctx.responses.items()}
-    references = {key: _reference_value(val) for key, val in ctx.references.items()}
-    names: dict[str, Any] = {
-        "r": Namespace({"field": field_ns, "responses": responses, "payload": ctx.payload}),
-        "field": field_ns,
-        "responses": responses,
-        "payload": ctx.payload,
-        "annotation": ctx.payload.get("annotation", {}),
-        "document": ctx.payload.get("document", {}),
-        "values": ctx.values,
-        "references": references,
-    }
+    """Root names visible to conditions for one annotation.
+
+    ``only``: just these root names (a compiled condition's :attr:`Condition.root_names`); the
+    field lookups walk the whole content, which a condition on ``responses`` alone never needs.
+    """
+
+    def wanted(*names: str) -> bool:
+        return only is None or any(name in only for name in names)
+
+    names: dict[str, Any] = {}
+    if wanted("field", "r"):
+        flat = ctx.field
+        columns: dict[str, list[Any]] = {}
+        for node in iter_datapoints(ctx.content):
+            sid = str(node.get("schema_id"))
+            if sid not in flat:
+                columns.setdefault(sid, []).append(datapoint_value(node))
+        names["field"] = FieldNamespace(flat, columns)
+    if wanted("responses", "r"):
+        names["responses"] = {name: dict(rec) for name, rec in ctx.responses.items()}
+    if wanted("r"):
+        names["r"] = Namespace(
+            {"field": names["field"], "responses": names["responses"], "payload": ctx.payload}
+        )
+    if wanted("payload"):
+        names["payload"] = ctx.payload
+    if wanted("annotation"):
+        names["annotation"] = ctx.payload.get("annotation", {})
+    if wanted("document"):
+        names["document"] = ctx.payload.get("document", {})
+    if wanted("values"):
+        names["values"] = ctx.values
+    if wanted("references"):
+        names["references"] = {key: _reference_value(val) for key, val in ctx.references.items()}
+    if only is not None:
+        names = {key: value for key, value in names.items() if key in only}
     if extra:
         names.update(extra)
     return names
@@ -403,6 +422,8 @@ class Condition:
     tree: ast.Expression
     referenced_steps: frozenset[str]
     referenced_fields: frozenset[str]
+    #: the root names (``field``, ``responses``, …) the expression reads
+    root_names: frozenset[str] = frozenset(ROOT_NAMES)
 
     def evaluate(self, ctx: ExportContext | Mapping[str, Any]) -> bool:
         """Truth value of the condition for one annotation."""
@@ -410,7 +431,7 @@ class Condition:
 
     def value(self, ctx: ExportContext | Mapping[str, Any]) -> Any:
         """Raw value of the expression (useful for messages and debugging)."""
-        names = ctx if isinstance(ctx, Mapping) else build_namespace(ctx)
+        names = ctx if isinstance(ctx, Mapping) else build_namespace(ctx, only=self.root_names)
         try:
             return _Interpreter(names, self.text).eval(self.tree.body)
         except ConditionEvalError:
@@ -442,7 +463,12 @@ def compile_condition(text: str) -> Condition:
     except (RecursionError, MemoryError, ValueError) as exc:
         raise ConditionError(f"invalid condition {text!r}: too deeply nested") from exc
     steps, fields = _validate(tree, text)
-    return Condition(text=text, tree=tree, referenced_steps=steps, referenced_fields=fields)
+    roots = frozenset(
+        node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id in ROOT_NAMES
+    )
+    return Condition(
+        text=text, tree=tree, referenced_steps=steps, referenced_fields=fields, root_names=roots
+    )
 
 
 class _Interpreter:

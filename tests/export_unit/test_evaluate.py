@@ -165,3 +165,24 @@ def test_condition_does_not_call_eval(monkeypatch: pytest.MonkeyPatch, ctx: Expo
     monkeypatch.setattr(builtins, "compile", ast_only)
     cond = compile_condition("r.field.api1_status_code != '201' and len(field.line_items) == 3")
     assert cond.evaluate(ctx)
+
+
+def test_a_condition_builds_only_the_names_it_reads(
+    done: ExportContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The field lookups walk the whole content: a condition on ``responses`` alone must not
+    pay for them (it runs for every document of every batch)."""
+    import rossflow.export.evaluate as evaluate
+
+    on_reply = compile_condition("responses.api1.status_code != 201 and payload is not None")
+    on_field = compile_condition("r.field.api1_status_code != '201'")
+    assert on_reply.root_names == {"responses", "payload"}
+    assert on_field.root_names == {"r"}
+
+    def walked(content: object) -> object:
+        raise AssertionError("the content was walked for field lookups")
+
+    monkeypatch.setattr(evaluate, "iter_datapoints", walked)
+    assert on_reply.evaluate(done) is False
+    with pytest.raises(AssertionError, match="walked"):
+        on_field.evaluate(done)
