@@ -244,7 +244,10 @@ def serving(
     finally:
         runner = holder["runner"]
         if runner.started:
-            asyncio.run_coroutine_threadsafe(runner.astop(), loop).result(60)
+            # Stopping cancels the runs in flight through the API; on the session's SQLite test
+            # server a write can meet "database is locked", and Prefect's client then backs off
+            # 2 + 4 + 8 + 16 + 32 s (a clean-clone CI run once needed more than 60 s here).
+            asyncio.run_coroutine_threadsafe(runner.astop(), loop).result(150)
         thread.join(60)
         uninstall()
 
