@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -18,6 +15,7 @@ from typing import Any
 import httpx
 
 from rossflow.webhook.signature import signature_headers
+from tests.scaleout.processes import Service, free_port, prefect_env, wait_healthy
 
 SECRET = "hook-secret-for-tests"
 
@@ -118,43 +116,18 @@ def wait_until(check: Callable[[], Any], timeout: float = 30.0, every: float = 0
 
 @contextmanager
 def prefect_server_process(command: list[str], home: Path, timeout: float = 180) -> Iterator[str]:
-    """Start a Prefect server (``command`` + ``--port N``) in ``home``; yield its API URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    env.pop("PREFECT_API_URL", None)
-    log_path = home / "server.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
+    """A Prefect server (``python -m <command> --no-ui --port N``) with its own home under
+    ``home`` and its log in ``home/server.log``; yields its API URL, stops it afterwards."""
+    port = free_port()
+    server = Service(
+        "prefect-server",
         [sys.executable, "-m", *command, "--no-ui", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        prefect_env(home / "prefect", PREFECT_UI_ENABLED="false"),
+        home / "server.log",
     )
     api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "prefect server did not start"
-            time.sleep(0.5)
+        wait_healthy(server, f"{api}/health", timeout)
         yield api
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop()
